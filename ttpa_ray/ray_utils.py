@@ -1,0 +1,36 @@
+"""Starting Ray the way every ttpa-ray entry point and test does: on loopback by default.
+
+A local `ray.init()` binds the machine's interface address; with
+`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` set before Ray starts it binds 127.0.0.1 instead
+(DESIGN §8). With `RAY_ADDRESS` set (`ray job submit`), we attach to that cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def init_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
+    """`ray.init` once: attach to `RAY_ADDRESS` if set, else a local loopback cluster.
+
+    Returns the Ray context; a second call is a no-op. Dashboard off locally: it is
+    one more server, and the embedded default does not need it.
+    """
+    for key, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    if os.environ.get("RAY_ADDRESS"):
+        return ray.init(**kwargs)
+    kwargs.setdefault("include_dashboard", False)
+    kwargs.setdefault("log_to_driver", True)
+    kwargs.setdefault("configure_logging", False)
+    return ray.init(num_cpus=num_cpus, **kwargs)
