@@ -30,6 +30,12 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
         return ray.get_runtime_context()
     if os.environ.get("RAY_ADDRESS"):
         return ray.init(**kwargs)
+    from ray._private import ray_constants
+
+    # `ray` may have been imported before the env var was set (it is read at import):
+    # then switch the constant itself, or the local node binds the public interface.
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
     kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("log_to_driver", True)
     kwargs.setdefault("configure_logging", False)

@@ -7,7 +7,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from ttpa_ray.score.esm import COMPONENTS, _reason, _score_calls
+from ttpa_ray.score.esm import (
+    COMPONENTS,
+    _loads,
+    _parse_calls,
+    _reason,
+    _score_parsed,
+    _tool_index,
+)
 
 QUARANTINE_COL = "_quarantine_reason"
 OUTPUT_COLS = ("esm_score", *(f"esm_{c}" for c in COMPONENTS), "esm_reason", QUARANTINE_COL)
@@ -24,7 +31,7 @@ def _pred_calls(value: Any) -> tuple[Any, str | None]:
     text = value.strip()
     if text[:1] in ("[", "{"):
         try:
-            return json.loads(text), None
+            return _loads(text), None
         except ValueError:
             pass
     from ttpa_ray.schema.tool_call_text import parse_tool_calls
@@ -56,26 +63,31 @@ class ESMBatchScorer:
         return self.cols
 
     def _tools(self, value: Any) -> tuple[Any, str | None]:
+        """A tools cell → ((tool list, its index), None) or (None, quarantine reason)."""
         if value is None:
             return None, "tools_missing"
         if not isinstance(value, str):
-            return value, None
+            return (value, _tool_index(value)), None
         hit = self._tools_cache.get(value)
         if hit is not None:
             return hit, None
         try:
-            tools = json.loads(value)
+            tools = _loads(value)
         except ValueError:
             return None, "tools_not_json"
         if not isinstance(tools, list):
             return None, "tools_not_list"
         if len(self._tools_cache) > 10_000:
             self._tools_cache.clear()
-        self._tools_cache[value] = tools
-        return tools, None
+        self._tools_cache[value] = (tools, _tool_index(tools))
+        return self._tools_cache[value], None
 
     def score_row(self, pred: Any, gold: Any, tools: Any) -> tuple[Any, ...]:
+        """Output cells of one row (see `OUTPUT_COLS`)."""
         tool_list, q = self._tools(tools)
+        return self._score(pred, _parse_calls(gold) if gold is not None else None, tool_list, q)
+
+    def _score(self, pred: Any, gold: Any, tool_list: Any, q: str | None) -> tuple[Any, ...]:
         if q is None and gold is None:
             q = "gold_missing"
         if q is not None:
@@ -83,17 +95,51 @@ class ESMBatchScorer:
         calls, p_err = _pred_calls(pred)
         if p_err is not None:
             return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, p_err, None)
-        parts, _ = _score_calls(calls, gold, tool_list)
+        parts, _ = _score_parsed(_parse_calls(calls), gold, tool_list[0], tool_list[1])
         reason = _reason(parts)
         quarantine = reason if reason.startswith("gold_invalid") else None
         return (parts[5], *parts[:5], reason, quarantine)
+
+    @staticmethod
+    def _encoded(column: pa.ChunkedArray) -> tuple[list[int | None], pa.Array]:
+        """(per-row index into distinct values, the distinct values) of a string column.
+
+        Gold calls and tool lists repeat across rows (every candidate of a turn, every
+        turn of an episode): dictionary-encoding lets each distinct value be parsed once.
+        A column that is dictionary-typed already (e.g. a slice of a larger dictionary)
+        keeps its dictionary; values are converted lazily, only those the batch uses.
+        """
+        arr = column.combine_chunks()
+        if not pa.types.is_dictionary(arr.type):
+            if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+                return list(range(len(arr))), arr
+            arr = arr.dictionary_encode()
+        return arr.indices.to_pylist(), arr.dictionary
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         missing = [c for c in self.cols if c not in batch.column_names]
         if missing:
             raise KeyError(f"ESM stage needs columns {list(self.cols)}; missing {missing}")
-        columns = [batch.column(c).to_pylist() for c in self.cols]
-        rows = [self.score_row(p, g, t) for p, g, t in zip(*columns, strict=True)]
+        preds = batch.column(self.cols[0]).to_pylist()
+        g_idx, g_vals = self._encoded(batch.column(self.cols[1]))
+        t_idx, t_vals = self._encoded(batch.column(self.cols[2]))
+        golds: dict[int, Any] = {}
+        tools: dict[int, tuple[Any, str | None]] = {}
+        rows = []
+        for pred, gi, ti in zip(preds, g_idx, t_idx, strict=True):
+            if ti is None:
+                tool_list, q = None, "tools_missing"
+            else:
+                if ti not in tools:
+                    tools[ti] = self._tools(t_vals[ti].as_py())
+                tool_list, q = tools[ti]
+            gold = None
+            if gi is not None:
+                gold = golds.get(gi)
+                if gold is None:
+                    value = g_vals[gi].as_py()
+                    gold = golds[gi] = _parse_calls(value) if value is not None else None
+            rows.append(self._score(pred, gold, tool_list, q))
         out = batch
         for i, name in enumerate(OUTPUT_COLS):
             kind = pa.string() if name in ("esm_reason", QUARANTINE_COL) else pa.float64()

@@ -40,9 +40,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 W_NAME, W_REQUIRED, W_KEY, W_TYPE, W_VALUE = 3.0, 3.0, 1.0, 2.0, 2.0
 W_TOTAL = W_NAME + W_REQUIRED + W_KEY + W_TYPE + W_VALUE
 COMPONENTS = ("name", "required", "key", "type", "value")
+
+def _loads(text: str) -> Any:
+    """orjson (several times faster; parsing dominates batch scoring), json as fallback
+    for what only the standard module accepts (NaN, Infinity, huge integers)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
 
 # A parsed call: (name, arguments, error). error is None when the call is well formed.
 _Call = tuple[str, dict[str, Any], None] | tuple[None, None, str]
@@ -65,7 +76,7 @@ def _parse_call(call: Any) -> _Call:
     args = fn.get("arguments", {})
     if type(args) is str:
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = _loads(args) if args.strip() else {}
         except ValueError:
             return None, None, "arguments_not_json"
     if args is None:
@@ -81,7 +92,7 @@ def _parse_calls(calls: Any) -> tuple[list[_Call], str | None]:
         return [], None
     if isinstance(calls, str):
         try:
-            calls = json.loads(calls) if calls.strip() else []
+            calls = _loads(calls) if calls.strip() else []
         except ValueError:
             return [], "calls_not_json"
     if isinstance(calls, dict):
@@ -91,8 +102,9 @@ def _parse_calls(calls: Any) -> tuple[list[_Call], str | None]:
     return [_parse_call(c) for c in calls], None
 
 
-def _tool_index(tools: Any, names: set[str]) -> dict[str, _ToolInfo]:
-    """Required params and properties of the tools named in `names` (first match wins)."""
+def _tool_index(tools: Any, names: Any = None) -> dict[str, _ToolInfo]:
+    """Required params and properties of the tools named in `names` (all when None;
+    first definition of a name wins)."""
     out: dict[str, _ToolInfo] = {}
     if not isinstance(tools, list | tuple):
         return out
@@ -103,14 +115,15 @@ def _tool_index(tools: Any, names: set[str]) -> dict[str, _ToolInfo]:
         if type(fn) is not dict:
             continue
         name = fn.get("name")
-        if name in names and name not in out:
+        if type(name) is str and (names is None or name in names) and name not in out:
             params = fn.get("parameters")
             if type(params) is not dict:
                 params = {}
             props = params.get("properties")
             req = params.get("required")
             out[name] = (
-                req if type(req) is list else [],
+                # non-string entries of a malformed `required` can never be present
+                [r for r in req if type(r) is str] if type(req) is list else [],
                 props if type(props) is dict else {},
             )
     return out
@@ -237,8 +250,19 @@ _MISSING = object()
 
 def _score_calls(pred: Any, gold: Any, tools: Any) -> tuple[_Parts, list[dict[str, Any]]]:
     """Aggregate components over the best matching, plus per-pair detail."""
-    p_calls, p_err = _parse_calls(pred)
-    g_calls, g_err = _parse_calls(gold)
+    return _score_parsed(_parse_calls(pred), _parse_calls(gold), tools)
+
+
+def _score_parsed(
+    pred: tuple[list[_Call], str | None],
+    gold: tuple[list[_Call], str | None],
+    tools: Any,
+    index: dict[str, _ToolInfo] | None = None,
+) -> tuple[_Parts, list[dict[str, Any]]]:
+    """`_score_calls` on calls already parsed; `index` (all tools, from `tool_index`)
+    saves the per-call tool lookup when the same tool list scores many rows."""
+    p_calls, p_err = pred
+    g_calls, g_err = gold
     if g_err is not None:
         return (*_ZERO, f"gold_invalid:{g_err}"), []
     if p_err is not None:
@@ -247,8 +271,11 @@ def _score_calls(pred: Any, gold: Any, tools: Any) -> tuple[_Parts, list[dict[st
         return ((1.0,) * 6 + ("",) if not g_calls else (*_ZERO, "no_call")), []
     if not g_calls:
         return (*_ZERO, "unexpected_call"), []
-    names = {c[0] for c in p_calls if c[0] is not None} | {c[0] for c in g_calls if c[0]}
-    idx = _tool_index(tools, names)  # type: ignore[arg-type]
+    if index is not None:
+        idx = index
+    else:
+        names = {c[0] for c in p_calls if c[0] is not None} | {c[0] for c in g_calls if c[0]}
+        idx = _tool_index(tools, names)  # type: ignore[arg-type]
     if len(p_calls) == 1 and len(g_calls) == 1:
         parts = _score_one(p_calls[0], g_calls[0], idx)
         return parts, [{"pred": 0, "gold": 0, "score": parts[5]}]

@@ -1,0 +1,157 @@
+"""`ttpa-ray` command line. Each subcommand is a thin shell over a stage's Python API.
+
+Exit codes: 0 success, 1 the input had invalid items (e.g. `tools validate`), 2 the
+command could not run (bad arguments, missing or unreadable input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ttpa_ray")
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _cmd_tools_validate(args: argparse.Namespace) -> int:
+    from ttpa_ray.schema.io import write_quarantine
+    from ttpa_ray.tools.catalog import load_file
+
+    cat = load_file(args.file)
+    for q in cat.quarantine:
+        print(f"INVALID {q.row_id}: {q.reason}")
+    print(f"{args.file}: {len(cat.tools)} valid, {len(cat.quarantine)} invalid tool(s)")
+    if args.quarantine:
+        write_quarantine(args.quarantine, cat.quarantine)
+    return 1 if cat.quarantine else 0
+
+
+def _cmd_tools_import(args: argparse.Namespace) -> int:
+    from ttpa_ray.tools.catalog import load_bfcl, load_builtin, load_file, write_catalog
+
+    source = args.source
+    if source == "builtin":
+        cat = load_builtin()
+    elif source == "bfcl":
+        cats = args.categories.split(",") if args.categories else None
+        cat = load_bfcl(cats)
+    else:
+        cat = load_file(source)
+    counts = write_catalog(cat, args.out, config={"from": source, "categories": args.categories})
+    print(
+        f"imported {counts.rows_out} tool(s) from {source} into {args.out} "
+        f"({counts.rows_quarantined} quarantined, {cat.merged} identical repeats merged)"
+    )
+    for q in cat.quarantine[:20]:
+        print(f"  quarantined {q.row_id}: {q.reason}")
+    if len(cat.quarantine) > 20:
+        print(f"  ... {len(cat.quarantine) - 20} more in {Path(args.out) / 'quarantine.parquet'}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from ttpa_ray.score.stage import run_score
+
+    counts = run_score(
+        args.inp,
+        args.out,
+        quarantine_path=args.quarantine,
+        workers=args.workers,
+        num_cpus=args.num_cpus,
+        batch_size=args.batch_size,
+        pred_col=args.pred_col,
+        gold_col=args.gold_col,
+        tools_col=args.tools_col,
+    )
+    print(json.dumps(counts.__dict__))
+    return 0
+
+
+def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from ttpa_ray.tools.catalog import load_builtin
+    from ttpa_ray.train.tiny import TinyModelConfig, catalog_texts, create_tiny_model_dir
+
+    cfg = TinyModelConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        seed=args.seed,
+    )
+    out = create_tiny_model_dir(catalog_texts(load_builtin().openai()), args.out, cfg)
+    print(f"tiny model + tokenizer written to {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ttpa_ray.demo import run_demo
+
+    run_demo(Path(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ttpa-ray", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tools = sub.add_parser("tools", help="tool catalogs: validate and import")
+    tsub = tools.add_subparsers(dest="tools_command", required=True)
+    v = tsub.add_parser("validate", help="validate a tools file; exit 1 if any tool is invalid")
+    v.add_argument("file", help=".json (list or {'tools': [...]}), .jsonl or tools .parquet")
+    v.add_argument("--quarantine", help="also write the invalid tools to this Parquet file")
+    v.set_defaults(func=_cmd_tools_validate)
+    imp = tsub.add_parser("import", help="import a catalog into DIR (tools.parquet, quarantine, manifest)")
+    imp.add_argument("--from", dest="source", required=True, help="bfcl | builtin | a tools FILE")
+    imp.add_argument("--out", required=True, help="output directory")
+    imp.add_argument("--categories", help="BFCL categories, comma-separated (default: all non-multi-turn)")
+    imp.set_defaults(func=_cmd_tools_import)
+
+    s = sub.add_parser("score", help="ESM-score predicted vs gold calls on Ray Data")
+    s.add_argument("--in", dest="inp", required=True, help="input Parquet (file or directory)")
+    s.add_argument("--out", required=True, help="output Parquet directory")
+    s.add_argument("--quarantine", help="quarantine Parquet (default <out>.quarantine.parquet)")
+    s.add_argument("--workers", type=int, default=1, help="scorer actors")
+    s.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per scorer actor")
+    s.add_argument("--batch-size", type=int, default=4096)
+    s.add_argument("--pred-col", default="pred")
+    s.add_argument("--gold-col", default="gold")
+    s.add_argument("--tools-col", default="tools")
+    s.set_defaults(func=_cmd_score)
+
+    t = sub.add_parser("tiny-model", help="build an untrained tiny model + BPE tokenizer dir")
+    t.add_argument("--out", required=True)
+    t.add_argument("--vocab-size", type=int, default=2048)
+    t.add_argument("--hidden-size", type=int, default=128)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_tiny_model)
+
+    d = sub.add_parser("demo", help="run what exists of the pipeline on the CPU default")
+    d.add_argument("--out", default="runs/demo")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: Any = args.func(args)
+    except (UsageError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"ttpa-ray {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

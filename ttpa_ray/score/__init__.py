@@ -1,0 +1,6 @@
+"""Scoring: ESM (pure functions), its Arrow batch form, and the BFCL-style AST checker."""
+
+from ttpa_ray.score.batch import ESMBatchScorer
+from ttpa_ray.score.esm import esm_breakdown, esm_score
+
+__all__ = ["ESMBatchScorer", "esm_breakdown", "esm_score"]

@@ -1,0 +1,12 @@
+"""Tool catalogs: built-in synthetic tools, tool files, BFCL function docs."""
+
+from ttpa_ray.tools.catalog import (
+    Catalog,
+    catalog_from_entries,
+    load_bfcl,
+    load_builtin,
+    load_file,
+    write_catalog,
+)
+
+__all__ = ["Catalog", "catalog_from_entries", "load_bfcl", "load_builtin", "load_file", "write_catalog"]
