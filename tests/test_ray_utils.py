@@ -20,7 +20,9 @@ ray.shutdown()
 
 @pytest.mark.timeout(180)
 def test_local_ray_binds_loopback():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=170)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=170
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("NODES"))
     assert line == "NODES ['127.0.0.1']"

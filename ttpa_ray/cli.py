@@ -107,10 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file", help=".json (list or {'tools': [...]}), .jsonl or tools .parquet")
     v.add_argument("--quarantine", help="also write the invalid tools to this Parquet file")
     v.set_defaults(func=_cmd_tools_validate)
-    imp = tsub.add_parser("import", help="import a catalog into DIR (tools.parquet, quarantine, manifest)")
+    imp = tsub.add_parser(
+        "import", help="import a catalog into DIR (tools.parquet, quarantine, manifest)"
+    )
     imp.add_argument("--from", dest="source", required=True, help="bfcl | builtin | a tools FILE")
     imp.add_argument("--out", required=True, help="output directory")
-    imp.add_argument("--categories", help="BFCL categories, comma-separated (default: all non-multi-turn)")
+    imp.add_argument(
+        "--categories", help="BFCL categories, comma-separated (default: all non-multi-turn)"
+    )
     imp.set_defaults(func=_cmd_tools_import)
 
     s = sub.add_parser("score", help="ESM-score predicted vs gold calls on Ray Data")

@@ -228,7 +228,12 @@ def test_quarantine_file_keeps_raw_row(tmp_path):
     q = QuarantineRecord.of("construct", 5, "invalid call", {"x": [1, 2]})
     assert write_quarantine(tmp_path / "q.parquet", [q]) == 1
     row = read_rows(tmp_path / "q.parquet")[0]
-    assert row == {"stage": "construct", "row_id": "5", "reason": "invalid call", "raw": '{"x": [1, 2]}'}
+    assert row == {
+        "stage": "construct",
+        "row_id": "5",
+        "reason": "invalid call",
+        "raw": '{"x": [1, 2]}',
+    }
     # An empty quarantine is still written: "nothing lost" is recorded, not implied.
     assert write_quarantine(tmp_path / "empty.parquet", []) == 0
     assert read_rows(tmp_path / "empty.parquet") == []

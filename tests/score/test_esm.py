@@ -66,12 +66,22 @@ GOLD = [call("get_weather", city="Paris", unit="celsius", days=3)]
 def test_exact_match_is_one():
     assert score(GOLD, GOLD) == 1.0
     b = esm_breakdown(GOLD, GOLD, TOOLS)
-    assert b["reason"] == "" and all(b[k] == 1.0 for k in ("name", "required", "key", "type", "value"))
+    assert b["reason"] == "" and all(
+        b[k] == 1.0 for k in ("name", "required", "key", "type", "value")
+    )
 
 
 def test_arguments_as_json_string_and_openai_shape():
-    pred = [{"id": "c1", "type": "function", "function": {"name": "get_weather",
-             "arguments": json.dumps({"city": "Paris", "unit": "celsius", "days": 3})}}]
+    pred = [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "arguments": json.dumps({"city": "Paris", "unit": "celsius", "days": 3}),
+            },
+        }
+    ]
     assert score(pred, GOLD) == 1.0
     assert score(json.dumps(pred), GOLD) == 1.0
 
@@ -315,8 +325,11 @@ def test_invalid_gold_scores_zero_with_reason():
 
 
 def test_garbage_tools_do_not_raise():
-    for tools in (None, "x", [1, None, {"function": 3}, {"function": {"name": "get_weather",
-                  "parameters": "nope"}}]):
+    for tools in (
+        None,
+        "x",
+        [1, None, {"function": 3}, {"function": {"name": "get_weather", "parameters": "nope"}}],
+    ):
         s = esm_score(GOLD, GOLD, tools)
         # unknown (or unusable) tool: key and type are lost, required falls back to gold args
         assert 0.0 <= s <= 1.0
@@ -329,7 +342,9 @@ json_scalars = st.one_of(
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 names = st.sampled_from(["get_weather", "get_forecast", "convert", "ping", "nope", "", "x"])
@@ -342,11 +357,15 @@ arguments = st.one_of(
 )
 calls = st.one_of(
     st.fixed_dictionaries({"name": names, "arguments": arguments}),
-    st.fixed_dictionaries({"function": st.fixed_dictionaries({"name": names, "arguments": arguments})}),
+    st.fixed_dictionaries(
+        {"function": st.fixed_dictionaries({"name": names, "arguments": arguments})}
+    ),
     json_values,
 )
 call_lists = st.one_of(st.lists(calls, max_size=3), json_values, st.text(max_size=10))
-type_names = st.sampled_from(["string", "integer", "number", "boolean", "array", "object", "null", "bogus"])
+type_names = st.sampled_from(
+    ["string", "integer", "number", "boolean", "array", "object", "null", "bogus"]
+)
 schemas = st.fixed_dictionaries(
     {
         "type": st.just("function"),
@@ -361,7 +380,9 @@ schemas = st.fixed_dictionaries(
                                 keys,
                                 st.one_of(
                                     st.fixed_dictionaries({"type": type_names}),
-                                    st.fixed_dictionaries({"type": st.lists(type_names, max_size=2)}),
+                                    st.fixed_dictionaries(
+                                        {"type": st.lists(type_names, max_size=2)}
+                                    ),
                                     json_values,
                                 ),
                                 max_size=4,

@@ -82,7 +82,9 @@ def test_batch_scorer_missing_column_is_clear():
 
 
 def test_batch_scorer_empty_batch():
-    empty = pa.Table.from_pylist([], schema=pa.schema([(c, pa.string()) for c in ("pred", "gold", "tools")]))
+    empty = pa.Table.from_pylist(
+        [], schema=pa.schema([(c, pa.string()) for c in ("pred", "gold", "tools")])
+    )
     out = ESMBatchScorer()(empty)
     assert out.num_rows == 0 and "esm_score" in out.column_names
 
@@ -103,7 +105,9 @@ def test_ray_score_stage_counts_and_quarantine(ray_local, tmp_path):
     assert by_id["r0"] == {1.0} and by_id["r3"] == {0.0}
     quarantine = read_rows(tmp_path / "scored.quarantine.parquet")
     assert sorted({q["reason"] for q in quarantine}) == ["gold_missing", "tools_not_json"]
-    assert all(q["stage"] == "score" and json.loads(q["raw"])["id"] == q["row_id"] for q in quarantine)
+    assert all(
+        q["stage"] == "score" and json.loads(q["raw"])["id"] == q["row_id"] for q in quarantine
+    )
     manifest = json.loads((tmp_path / "scored.manifest.json").read_text())
     assert manifest["stages"][0]["rows_in"] == 300
 
@@ -113,8 +117,16 @@ def test_ray_score_rejects_empty_input(ray_local, tmp_path):
     from ttpa_ray.score.stage import run_score
 
     src = tmp_path / "empty.parquet"
-    pq.write_table(pa.table({"pred": pa.array([], pa.string()), "gold": pa.array([], pa.string()),
-                             "tools": pa.array([], pa.string())}), src)
+    pq.write_table(
+        pa.table(
+            {
+                "pred": pa.array([], pa.string()),
+                "gold": pa.array([], pa.string()),
+                "tools": pa.array([], pa.string()),
+            }
+        ),
+        src,
+    )
     with pytest.raises(ValueError, match="has no rows"):
         run_score(src, tmp_path / "out.parquet")
 
@@ -125,15 +137,37 @@ def test_score_cli(tmp_path):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.Table.from_pylist(rows()[:4]), src)
     out = subprocess.run(
-        [sys.executable, "-m", "ttpa_ray.cli", "score", "--in", str(src), "--out",
-         str(tmp_path / "o.parquet"), "--num-cpus", "0.5"],
-        capture_output=True, text=True, timeout=280,
+        [
+            sys.executable,
+            "-m",
+            "ttpa_ray.cli",
+            "score",
+            "--in",
+            str(src),
+            "--out",
+            str(tmp_path / "o.parquet"),
+            "--num-cpus",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["rows_out"] == 4
     missing = subprocess.run(
-        [sys.executable, "-m", "ttpa_ray.cli", "score", "--in", str(tmp_path / "nope.parquet"),
-         "--out", str(tmp_path / "x.parquet")],
-        capture_output=True, text=True, timeout=280,
+        [
+            sys.executable,
+            "-m",
+            "ttpa_ray.cli",
+            "score",
+            "--in",
+            str(tmp_path / "nope.parquet"),
+            "--out",
+            str(tmp_path / "x.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert missing.returncode == 2

@@ -20,7 +20,9 @@ from ttpa_ray.schema.records import QUARANTINE_SCHEMA, QuarantineRecord
 log = logging.getLogger("ttpa_ray")
 
 
-def write_rows(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], schema: pa.Schema) -> int:
+def write_rows(
+    path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], schema: pa.Schema
+) -> int:
     """Write rows (dicts) as one Parquet file with `schema`; returns the row count.
 
     Writes to a temporary name and renames, so a reader never sees half a file.

@@ -19,7 +19,9 @@ from ttpa_ray.schema.tools import tools_to_json
 ROLES = ("system", "user", "assistant", "tool")
 
 FUNCTION_TYPE = pa.struct([("name", pa.string()), ("arguments", pa.string())])
-TOOL_CALL_TYPE = pa.struct([("id", pa.string()), ("type", pa.string()), ("function", FUNCTION_TYPE)])
+TOOL_CALL_TYPE = pa.struct(
+    [("id", pa.string()), ("type", pa.string()), ("function", FUNCTION_TYPE)]
+)
 MESSAGE_TYPE = pa.struct(
     [
         ("role", pa.string()),

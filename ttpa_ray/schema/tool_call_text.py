@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,9 +52,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    # "1e999" is valid JSON syntax but overflows to inf, which would dump as "Infinity".
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} overflows a float")
+    return value
+
+
 def _loads_strict(text: str) -> Any:
     """`json.loads` without NaN/Infinity. Raises ValueError (or RecursionError)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _arguments_text(arguments: Any) -> str:
@@ -135,7 +144,8 @@ def canonicalize_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[st
         for call in m.get("tool_calls") or []:
             if not isinstance(call, dict):
                 continue
-            fn = call.get("function") if isinstance(call.get("function"), dict) else call
+            inner = call.get("function")
+            fn: dict[str, Any] = inner if isinstance(inner, dict) else call
             if "arguments" in fn:
                 # Garbage strings come back verbatim from `_arguments_text`.
                 fn["arguments"] = _arguments_text(fn["arguments"])

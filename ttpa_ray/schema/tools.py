@@ -88,7 +88,7 @@ class ToolSpec:
     def from_openai(cls, tool: dict[str, Any], **extra: Any) -> ToolSpec:
         """Build from an OpenAI tool dict (or a bare function dict); validates first."""
         validate_tool(tool)
-        fn = tool["function"] if "function" in tool else tool
+        fn = tool.get("function", tool)
         return cls(
             name=fn["name"],
             description=fn.get("description", ""),
@@ -120,9 +120,13 @@ def _tool_name(tool: Any) -> str:
 
 def _check_schema(tool: str, where: str, schema: Any) -> None:
     if not isinstance(schema, dict):
-        raise ToolValidationError(tool, where, f"must be a JSON object, got {type(schema).__name__}")
+        raise ToolValidationError(
+            tool, where, f"must be a JSON object, got {type(schema).__name__}"
+        )
     if schema.get("type") != "object":
-        raise ToolValidationError(tool, f"{where}.type", f"must be 'object', got {schema.get('type')!r}")
+        raise ToolValidationError(
+            tool, f"{where}.type", f"must be 'object', got {schema.get('type')!r}"
+        )
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:

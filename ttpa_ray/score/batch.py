@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pyarrow as pa
@@ -127,6 +126,7 @@ class ESMBatchScorer:
         tools: dict[int, tuple[Any, str | None]] = {}
         rows = []
         for pred, gi, ti in zip(preds, g_idx, t_idx, strict=True):
+            q: str | None
             if ti is None:
                 tool_list, q = None, "tools_missing"
             else:
@@ -140,8 +140,9 @@ class ESMBatchScorer:
                     value = g_vals[gi].as_py()
                     gold = golds[gi] = _parse_calls(value) if value is not None else None
             rows.append(self._score(pred, gold, tool_list, q))
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(OUTPUT_COLS)
         out = batch
-        for i, name in enumerate(OUTPUT_COLS):
+        for name, values in zip(OUTPUT_COLS, columns, strict=True):
             kind = pa.string() if name in ("esm_reason", QUARANTINE_COL) else pa.float64()
-            out = out.append_column(name, pa.array([r[i] for r in rows], type=kind))
+            out = out.append_column(name, pa.array(values, type=kind))
         return out

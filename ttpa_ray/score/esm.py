@@ -46,6 +46,7 @@ W_NAME, W_REQUIRED, W_KEY, W_TYPE, W_VALUE = 3.0, 3.0, 1.0, 2.0, 2.0
 W_TOTAL = W_NAME + W_REQUIRED + W_KEY + W_TYPE + W_VALUE
 COMPONENTS = ("name", "required", "key", "type", "value")
 
+
 def _loads(text: str) -> Any:
     """orjson (several times faster; parsing dominates batch scoring), json as fallback
     for what only the standard module accepts (NaN, Infinity, huge integers)."""
@@ -170,9 +171,7 @@ def _equal(a: Any, b: Any) -> bool:
     if ta is dict:
         return tb is dict and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if ta is list or ta is tuple:
-        return (
-            (tb is list or tb is tuple) and len(a) == len(b) and all(map(_equal, a, b))
-        )
+        return (tb is list or tb is tuple) and len(a) == len(b) and all(map(_equal, a, b))
     if (ta is int or ta is float) and (tb is int or tb is float):
         return bool(a == b)
     return ta is tb and bool(a == b)
@@ -213,10 +212,7 @@ def _score_one(p: _Call, g: _Call, idx: dict[str, _ToolInfo]) -> _Parts:
         required: Any = gold_tool[0]
     else:
         required, reason = ga, "gold_tool_unknown"
-    if required:
-        s_req = sum(1 for r in required if r in pa) / len(required)
-    else:
-        s_req = 1.0
+    s_req = sum(1 for r in required if r in pa) / len(required) if required else 1.0
     d = len(pa) if len(pa) > len(ga) else len(ga)
     p_tool = idx.get(p_name)  # type: ignore[arg-type]
     if d == 0:

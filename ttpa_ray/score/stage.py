@@ -85,7 +85,9 @@ def run_score(
     init_ray()
     t0 = time.perf_counter()
     out_path = Path(out_path)
-    q_path = Path(quarantine_path) if quarantine_path else out_path.with_suffix(".quarantine.parquet")
+    q_path = (
+        Path(quarantine_path) if quarantine_path else out_path.with_suffix(".quarantine.parquet")
+    )
     ds = ray.data.read_parquet(str(in_path))
     scored = score_dataset(ds, workers=workers, num_cpus=num_cpus, batch_size=batch_size, **cols)
     # Materialise once: both outputs come from the same scored blocks, not two runs.

@@ -9,4 +9,11 @@ from ttpa_ray.tools.catalog import (
     write_catalog,
 )
 
-__all__ = ["Catalog", "catalog_from_entries", "load_bfcl", "load_builtin", "load_file", "write_catalog"]
+__all__ = [
+    "Catalog",
+    "catalog_from_entries",
+    "load_bfcl",
+    "load_builtin",
+    "load_file",
+    "write_catalog",
+]

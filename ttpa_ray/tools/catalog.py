@@ -107,7 +107,9 @@ def read_tool_file(path: str | Path) -> list[Any]:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, col {e.colno}): {e.msg}") from None
+        raise ValueError(
+            f"{path}: not valid JSON (line {e.lineno}, col {e.colno}): {e.msg}"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("tools"), list):
         data = data["tools"]
     if isinstance(data, dict):
@@ -138,10 +140,20 @@ def load_bfcl(categories: list[str] | None = None) -> Catalog:
     return cat
 
 
-BFCL_ENTRY_COLUMNS = ("id", "category", "question", "functions", "original_functions", "name_map", "possible_answer")
+BFCL_ENTRY_COLUMNS = (
+    "id",
+    "category",
+    "question",
+    "functions",
+    "original_functions",
+    "name_map",
+    "possible_answer",
+)
 
 
-def write_catalog(cat: Catalog, out_dir: str | Path, config: dict[str, Any] | None = None) -> StageCounts:
+def write_catalog(
+    cat: Catalog, out_dir: str | Path, config: dict[str, Any] | None = None
+) -> StageCounts:
     """Write `tools.parquet`, `tools.json` (OpenAI list), `quarantine.parquet`, `manifest.json`
     (and `bfcl_entries.jsonl` when the catalog came from BFCL)."""
     import pyarrow as pa
@@ -159,7 +171,13 @@ def write_catalog(cat: Catalog, out_dir: str | Path, config: dict[str, Any] | No
                 "category": e.category,
                 **{
                     k: json.dumps(getattr(e, k), ensure_ascii=False)
-                    for k in ("question", "functions", "original_functions", "name_map", "possible_answer")
+                    for k in (
+                        "question",
+                        "functions",
+                        "original_functions",
+                        "name_map",
+                        "possible_answer",
+                    )
                 },
             }
             for e in cat.extra["entries"]
