@@ -47,7 +47,8 @@ def _cmd_tools_import(args: argparse.Namespace) -> int:
     counts = write_catalog(cat, args.out, config={"from": source, "categories": args.categories})
     print(
         f"imported {counts.rows_out} tool(s) from {source} into {args.out} "
-        f"({counts.rows_quarantined} quarantined, {cat.merged} identical repeats merged)"
+        f"({counts.rows_quarantined} quarantined, {cat.merged} identical repeats merged, "
+        f"{cat.variants} name variants kept with their BFCL entries)"
     )
     for q in cat.quarantine[:20]:
         print(f"  quarantined {q.row_id}: {q.reason}")

@@ -27,14 +27,12 @@ def _banner(text: str) -> None:
 
 
 def gold_calls(entry: Any) -> list[dict[str, Any]]:
-    """BFCL ground truth → calls (first acceptable value per param; optional ones left out)."""
+    """An entry's ground truth as OpenAI-named calls (first acceptable values)."""
+    from ttpa_ray.tools.bfcl import ground_truth_calls
+
     to_openai = {orig: new for new, orig in entry.name_map.items()}
-    calls = []
-    for item in entry.possible_answer[0] if entry.possible_answer else []:
-        for name, params in item.items():
-            args = {p: vals[0] for p, vals in params.items() if vals and vals[0] != ""}
-            calls.append({"name": to_openai.get(name, name), "arguments": args})
-    return calls
+    calls = ground_truth_calls(entry.possible_answer or [], entry.original_functions)
+    return [{"name": to_openai.get(n, n), "arguments": a} for n, a in calls]
 
 
 def demo_catalogs(out: Path) -> dict[str, Any]:
@@ -50,7 +48,8 @@ def demo_catalogs(out: Path) -> dict[str, Any]:
     print(
         f"bfcl-eval {bfcl.extra['bfcl_version']}: {counts.rows_out} distinct tools from "
         f"{len(bfcl.extra['entries'])} entries ({counts.rows_quarantined} quarantined, "
-        f"{bfcl.merged} identical repeats merged)"
+        f"{bfcl.merged} identical repeats merged, {bfcl.variants} other definitions of a taken "
+        "name kept with their questions)"
     )
     return {"builtin": builtin, "bfcl": bfcl}
 

@@ -24,6 +24,7 @@ from ttpa_ray.score.ast_checker import (
     parse_python_calls,
     standardize_string,
 )
+from ttpa_ray.tools.bfcl import ground_truth_calls
 
 HAS_BFCL = importlib.util.find_spec("bfcl_eval") is not None
 needs_bfcl = pytest.mark.skipif(not HAS_BFCL, reason="bfcl-eval not installed")
@@ -85,52 +86,11 @@ INCONSISTENT_JAVA: dict[str, tuple[str, str]] = {
 
 # ------------------------------------------------------------------ rendering
 
-
-def _first(values: list[Any]) -> Any:
-    """First acceptable value that is not BFCL's "optional" marker ``""``."""
-    return next(v for v in values if v != "")
-
-
-def _has_value(values: list[Any]) -> bool:
-    return any(v != "" for v in values)
-
-
-def _render_value(value: Any) -> Any:
-    # Dict ground truths are {key: [acceptable values]}; lists of them element-wise.
-    if isinstance(value, dict):
-        # (A few BFCL dict ground truths give a bare value instead of a list.)
-        return {
-            k: _render_value(_first(v)) if isinstance(v, list) else v
-            for k, v in value.items()
-            if not isinstance(v, list) or _has_value(v)
-        }
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return [_render_value(v) for v in value]
-    return value
+render = ground_truth_calls
 
 
 def _docs(functions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {f["name"]: f for f in functions}
-
-
-def render(
-    possible_answer: list[dict[str, Any]], functions: list[dict[str, Any]], full: bool
-) -> list[tuple[str, dict[str, Any]]]:
-    """Ground truth as calls. ``full``: every parameter that has a non-``""`` value;
-    otherwise parameters the ground truth marks optional (``""``) are left out unless the
-    doc requires them."""
-    docs = _docs(functions)
-    calls = []
-    for item in possible_answer:
-        ((name, params),) = item.items()
-        required = docs[name]["parameters"].get("required", [])
-        args = {}
-        for param, values in params.items():
-            optional = "" in values and param not in required
-            if _has_value(values) and (full or not optional):
-                args[param] = _render_value(_first(values))
-        calls.append((name, args))
-    return calls
 
 
 def to_python(calls: list[tuple[str, dict[str, Any]]]) -> str:

@@ -263,7 +263,8 @@ class QuarantineRecord:
 
     @classmethod
     def of(cls, stage: str, row_id: Any, reason: str, raw: Any) -> QuarantineRecord:
-        raw_json = raw if isinstance(raw, str) else json.dumps(raw, default=str, ensure_ascii=False)
+        """Record `raw` (any JSON-able value, a string too) as JSON."""
+        raw_json = json.dumps(raw, default=str, ensure_ascii=False)
         return cls(stage=stage, row_id=str(row_id), reason=reason, raw=raw_json)
 
     def to_row(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ __all__ = [
     "category_file",
     "list_categories",
     "load_bfcl",
+    "ground_truth_calls",
     "load_category",
     "normalize_bfcl_function",
     "normalize_bfcl_schema",
@@ -387,3 +388,49 @@ def load_bfcl(categories: list[str] | None = None) -> list[BfclEntry]:
     """Load the given categories (default: all of :func:`list_categories`)."""
     cats = list_categories() if categories is None else list(categories)
     return [entry for cat in cats for entry in load_category(cat)]
+
+
+def _first(values: list[Any]) -> Any:
+    """First acceptable value that is not BFCL's "optional" marker ``""``."""
+    return next(v for v in values if v != "")
+
+
+def _has_value(values: list[Any]) -> bool:
+    return any(v != "" for v in values)
+
+
+def _render_value(value: Any) -> Any:
+    # Dict ground truths are {key: [acceptable values]}; lists of them element-wise.
+    if isinstance(value, dict):
+        # (A few BFCL dict ground truths give a bare value instead of a list.)
+        return {
+            k: _render_value(_first(v)) if isinstance(v, list) else v
+            for k, v in value.items()
+            if not isinstance(v, list) or _has_value(v)
+        }
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [_render_value(v) for v in value]
+    return value
+
+
+def ground_truth_calls(
+    possible_answer: list[dict[str, Any]], functions: list[dict[str, Any]], full: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """BFCL ground truth as `(name, arguments)` calls with the first acceptable values.
+
+    `functions` are the entry's original BFCL docs (names as in the ground truth).
+    ``full``: every parameter that has a non-``""`` value; otherwise parameters the ground
+    truth marks optional (``""``) are left out unless the doc requires them.
+    """
+    docs = {f["name"]: f for f in functions}
+    calls = []
+    for item in possible_answer:
+        ((name, params),) = item.items()
+        required = docs[name]["parameters"].get("required", [])
+        args = {}
+        for param, values in params.items():
+            optional = "" in values and param not in required
+            if _has_value(values) and (full or not optional):
+                args[param] = _render_value(_first(values))
+        calls.append((name, args))
+    return calls

@@ -29,11 +29,15 @@ class Catalog:
     # Identical repeats of a definition (BFCL repeats the same docs across questions):
     # merged into one tool, counted here so the raw entry count is still accounted for.
     merged: int = 0
+    # Other definitions under a name already taken, where the source allows it (BFCL:
+    # each question carries its own docs, kept whole in `extra["entries"]`).
+    variants: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows_in(self) -> int:
-        """Distinct entries seen (raw entries minus identical repeats)."""
+        """Entries accounted for as kept or quarantined (raw entries minus merged repeats
+    and variants, which are counted on their own)."""
         return len(self.tools) + len(self.quarantine)
 
     def openai(self) -> list[dict[str, Any]]:
@@ -57,8 +61,12 @@ def _entry_parts(entry: Any) -> tuple[Any, Any, str | None]:
     return entry, None, None
 
 
-def catalog_from_entries(entries: list[Any], source: str) -> Catalog:
-    """Validate entries one by one; valid ones become ToolSpecs, the rest quarantine."""
+def catalog_from_entries(entries: list[Any], source: str, keep_first: bool = False) -> Catalog:
+    """Validate entries one by one; valid ones become ToolSpecs, the rest quarantine.
+
+    A second, different definition of a name is quarantined, unless `keep_first`: then
+    the first definition is the catalog's and the others are counted as `variants`.
+    """
     cat = Catalog()
     seen: dict[str, str] = {}
     for i, entry in enumerate(entries):
@@ -72,6 +80,9 @@ def catalog_from_entries(entries: list[Any], source: str) -> Catalog:
             if spec.name in seen:
                 if seen[spec.name] == key:
                     cat.merged += 1
+                    continue
+                if keep_first:
+                    cat.variants += 1
                     continue
                 raise ToolValidationError(
                     spec.name, "function.name", "duplicate name with a different definition"
@@ -132,7 +143,8 @@ def load_bfcl(categories: list[str] | None = None) -> Catalog:
     from ttpa_ray.tools import bfcl
 
     entries = bfcl.load_bfcl(categories)
-    cat = catalog_from_entries([fn for e in entries for fn in e.functions], source="bfcl")
+    functions = [fn for e in entries for fn in e.functions]
+    cat = catalog_from_entries(functions, source="bfcl", keep_first=True)
     for spec in cat.tools:
         spec.domain = "bfcl"
     cat.extra["entries"] = entries
@@ -163,7 +175,7 @@ def write_catalog(
     write_rows(out / "tools.parquet", (t.to_row() for t in cat.tools), TOOL_SCHEMA)
     (out / "tools.json").write_text(json.dumps(cat.openai(), indent=2, ensure_ascii=False))
     write_quarantine(out / "quarantine.parquet", cat.quarantine)
-    extra: dict[str, Any] = {"identical_repeats_merged": cat.merged}
+    extra: dict[str, Any] = {"identical_repeats_merged": cat.merged, "name_variants": cat.variants}
     if "entries" in cat.extra:
         rows = [
             {
