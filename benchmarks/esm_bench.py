@@ -89,6 +89,18 @@ def bench_pure(rows: list[dict[str, Any]], repeats: int = 3) -> tuple[float, flo
     return best, total
 
 
+def bench_batch(table: Any, batch_size: int) -> tuple[float, float]:
+    """`ESMBatchScorer` in this process over Arrow slices: the stage's work minus Ray."""
+    from ttpa_ray.score.batch import ESMBatchScorer
+
+    scorer = ESMBatchScorer()
+    t0 = time.perf_counter()
+    total = 0.0
+    for off in range(0, table.num_rows, batch_size):
+        total += float(scorer(table.slice(off, batch_size))["esm_score"].to_numpy().sum())
+    return table.num_rows / (time.perf_counter() - t0), total
+
+
 def run_ray(paths: list[str], workers: int, batch_size: int) -> tuple[int, float, float]:
     """Read the Parquet files, score in `workers` actors, stream the scores back.
 
@@ -160,6 +172,11 @@ def main() -> None:
     pure, pure_total = bench_pure(rows)
     print(f"pure esm_score (1 process, best of 3): {pure:,.0f} calls/s")
 
+    batch_rate, batch_total = bench_batch(table, args.batch_size)
+    print(
+        f"ESMBatchScorer on Arrow, in process: {batch_rate:,.0f} rows/s ({batch_rate / pure:.2f} of pure)"
+    )
+
     init_ray(num_cpus=os.cpu_count() or 2)
     run_ray(paths[:1], 1, args.batch_size)  # warm-up: worker processes, imports
     r1, e1, t1 = bench_ray(paths, 1, args.batch_size)
@@ -173,16 +190,18 @@ def main() -> None:
         f"{e2:,.0f} rows/s end to end ({e2 / e1:.2f}x)"
     )
     # The three paths must agree on the scores, or the speed figures mean nothing.
+    assert abs(pure_total - batch_total) < 1e-6 * len(rows)
     assert abs(pure_total - t1) < 1e-6 * len(rows) and abs(t1 - t2) < 1e-6 * len(rows), (
         pure_total,
         t1,
         t2,
     )
     shutil.rmtree(src, ignore_errors=True)
-    print(f"mean ESM over the pairs: {pure_total / len(rows):.4f} (identical in all three)")
+    print(f"mean ESM over the pairs: {pure_total / len(rows):.4f} (identical in all four)")
     print(
         f"RESULT esm_calls_per_s={pure:.1f} ray_per_worker_fraction={r1 / pure:.3f} "
-        f"ray_2v1_ratio={r2 / r1:.3f} ray_end_to_end_fraction={e1 / pure:.3f}"
+        f"ray_2v1_ratio={r2 / r1:.3f} ray_end_to_end_fraction={e1 / pure:.3f} "
+        f"batch_scorer_fraction={batch_rate / pure:.3f}"
     )
 
 
