@@ -110,6 +110,10 @@ def test_ray_score_stage_counts_and_quarantine(ray_local, tmp_path):
     )
     manifest = json.loads((tmp_path / "scored.manifest.json").read_text())
     assert manifest["stages"][0]["rows_in"] == 300
+    # a re-run into the same place replaces the outputs instead of appending to them
+    run_score(src, tmp_path / "scored.parquet", workers=1, num_cpus=0.5)
+    assert len(read_rows(tmp_path / "scored.parquet")) == 200
+    assert len(read_rows(tmp_path / "scored.quarantine.parquet")) == 100
 
 
 @pytest.mark.timeout(300)

@@ -95,10 +95,13 @@ def run_score(
     rows_in = scored.count()
     if rows_in == 0:
         raise ValueError(f"score: input {in_path} has no rows")
-    ok = scored.map_batches(_ok_rows, batch_format="pyarrow", batch_size=None)
-    bad = scored.map_batches(_bad_rows, fn_args=(id_col,), batch_format="pyarrow", batch_size=None)
-    ok.write_parquet(str(out_path))
-    bad.write_parquet(str(q_path))
+    ok = scored.map_batches(_ok_rows, batch_format="pyarrow", batch_size=None).materialize()
+    bad = scored.map_batches(
+        _bad_rows, fn_args=(id_col,), batch_format="pyarrow", batch_size=None
+    ).materialize()
+    # Overwrite: appending to a previous run's files would duplicate rows.
+    ok.write_parquet(str(out_path), mode="overwrite")
+    bad.write_parquet(str(q_path), mode="overwrite")
     counts = StageCounts(STAGE, rows_in, ok.count(), bad.count(), time.perf_counter() - t0).check()
     write_manifest(
         out_path.with_suffix(".manifest.json"),

@@ -37,7 +37,7 @@ class Catalog:
     @property
     def rows_in(self) -> int:
         """Entries accounted for as kept or quarantined (raw entries minus merged repeats
-    and variants, which are counted on their own)."""
+        and variants, which are counted on their own)."""
         return len(self.tools) + len(self.quarantine)
 
     def openai(self) -> list[dict[str, Any]]:
@@ -152,14 +152,14 @@ def load_bfcl(categories: list[str] | None = None) -> Catalog:
     return cat
 
 
-BFCL_ENTRY_COLUMNS = (
-    "id",
-    "category",
+# BfclEntry fields stored as JSON strings in `bfcl_entries.parquet` (beside id, category).
+BFCL_JSON_FIELDS = (
     "question",
     "functions",
     "original_functions",
     "name_map",
     "possible_answer",
+    "unknown_types",
 )
 
 
@@ -167,7 +167,7 @@ def write_catalog(
     cat: Catalog, out_dir: str | Path, config: dict[str, Any] | None = None
 ) -> StageCounts:
     """Write `tools.parquet`, `tools.json` (OpenAI list), `quarantine.parquet`, `manifest.json`
-    (and `bfcl_entries.jsonl` when the catalog came from BFCL)."""
+    (and `bfcl_entries.parquet` when the catalog came from BFCL)."""
     import pyarrow as pa
 
     out = Path(out_dir)
@@ -181,20 +181,11 @@ def write_catalog(
             {
                 "id": e.id,
                 "category": e.category,
-                **{
-                    k: json.dumps(getattr(e, k), ensure_ascii=False)
-                    for k in (
-                        "question",
-                        "functions",
-                        "original_functions",
-                        "name_map",
-                        "possible_answer",
-                    )
-                },
+                **{k: json.dumps(getattr(e, k), ensure_ascii=False) for k in BFCL_JSON_FIELDS},
             }
             for e in cat.extra["entries"]
         ]
-        schema = pa.schema([(c, pa.string()) for c in BFCL_ENTRY_COLUMNS])
+        schema = pa.schema([(c, pa.string()) for c in ("id", "category", *BFCL_JSON_FIELDS)])
         write_rows(out / "bfcl_entries.parquet", rows, schema)
         extra |= {"bfcl_version": cat.extra.get("bfcl_version"), "bfcl_entries": len(rows)}
     counts = StageCounts(STAGE, cat.rows_in, len(cat.tools), len(cat.quarantine)).check()
