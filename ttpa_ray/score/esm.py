@@ -189,6 +189,7 @@ def _value_score(a: Any, b: Any) -> float:
 
 
 _ZERO = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+_MISSING = object()  # a property schema may itself be None or {}; tell "absent" apart
 
 
 def _score_one(p: _Call, g: _Call, idx: dict[str, _ToolInfo]) -> _Parts:
@@ -239,9 +240,6 @@ def _score_one(p: _Call, g: _Call, idx: dict[str, _ToolInfo]) -> _Parts:
         W_NAME * s_name + W_REQUIRED * s_req + W_KEY * s_key + W_TYPE * s_type + W_VALUE * s_val
     ) / W_TOTAL
     return s_name, s_req, s_key, s_type, s_val, score, reason
-
-
-_MISSING = object()
 
 
 def _score_calls(pred: Any, gold: Any, tools: Any) -> tuple[_Parts, list[dict[str, Any]]]:
