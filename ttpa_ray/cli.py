@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("ttpa_ray")
+EXPORT_FORMATS = ("openai-jsonl", "sharegpt")  # keys of construct.dataset.EXPORTERS
 
 
 class UsageError(Exception):
@@ -90,6 +91,50 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_construct(args: argparse.Namespace) -> int:
+    from ttpa_ray.config import load_config
+    from ttpa_ray.construct.stage import run_construct
+
+    cfg = load_config(args.config).construct
+    updates: dict[str, Any] = {}
+    if args.catalog:
+        updates["catalog"] = args.catalog
+    if args.n:
+        updates["n_episodes"] = args.n
+    if args.workers:
+        updates["workers"] = args.workers
+    if updates:
+        cfg = type(cfg).model_validate({**cfg.model_dump(), **updates})
+    manifest = run_construct(cfg, args.out)
+    print(
+        f"episodes: {manifest['splits']} quarantined: {manifest['quarantined']} "
+        f"(shards run {manifest['shards_run']}, skipped {manifest['shards_skipped']}) → {args.out}"
+    )
+    print(f"dataset card: {Path(args.out) / 'card.md'}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ttpa_ray.construct.dataset import EXPORTERS
+    from ttpa_ray.schema.io import read_rows
+
+    src = Path(args.episodes)
+    files = sorted(src.glob("*.parquet")) if src.is_dir() else [src]
+    if not files:
+        raise UsageError(f"no episode Parquet files in {src}")
+    convert = EXPORTERS[args.format]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with out.open("w") as f:
+        for path in files:
+            for row in read_rows(path):
+                f.write(json.dumps(convert(row), ensure_ascii=False) + "\n")
+                n += 1
+    print(f"exported {n} episode(s) as {args.format} to {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ttpa_ray.demo import run_demo
 
@@ -137,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_tiny_model)
+
+    c = sub.add_parser("construct", help="reversed dataset construction on Ray Data (resumable)")
+    c.add_argument("--config", help="YAML config (default: built-in defaults)")
+    c.add_argument("--catalog", help="builtin | bfcl | a tools FILE (overrides the config)")
+    c.add_argument("--n", type=int, help="number of episodes (overrides the config)")
+    c.add_argument("--workers", type=int, help="Ray Data workers per step (overrides the config)")
+    c.add_argument("--out", required=True, help="output directory (re-running resumes)")
+    c.set_defaults(func=_cmd_construct)
+
+    e = sub.add_parser("export", help="export episodes as sharegpt or openai-jsonl")
+    e.add_argument("--episodes", required=True, help="an episodes .parquet or a directory of them")
+    e.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
+    e.add_argument("--out", required=True, help="output .jsonl file")
+    e.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="run what exists of the pipeline on the CPU default")
     d.add_argument("--out", default="runs/demo")

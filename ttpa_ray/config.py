@@ -1,0 +1,117 @@
+"""Typed configuration: one pydantic tree, loaded from YAML; unknown keys are errors.
+
+Each section belongs to a stage; sections for stages that are not built yet are added
+with those stages. The resolved config is saved next to every stage's output.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherConfig(Strict):
+    """Who writes the episodes. `schema` needs no model (deterministic, CPU)."""
+
+    kind: Literal["schema", "hf", "vllm", "openai"] = Field(
+        "schema", description="schema (CPU default) | hf (local model dir) | vllm | openai endpoint"
+    )
+    model: str | None = Field(None, description="model dir (hf, vllm) or model name (openai)")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"
+    )
+    api_key_env: str | None = Field(None, description="env var holding the endpoint's API key")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(1024, gt=0)
+    max_concurrency: int = Field(8, gt=0, description="openai: requests in flight")
+    tensor_parallel_size: int = Field(1, gt=0, description="vllm")
+    accelerator_type: str | None = Field(None, description="vllm: e.g. H100")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> TeacherConfig:
+        if self.kind != "schema" and not self.model:
+            raise ValueError(f"teacher kind {self.kind!r} needs `model`")
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("teacher kind 'openai' needs `base_url`")
+        return self
+
+
+class SplitConfig(Strict):
+    """Deterministic train/val/test split by episode id."""
+
+    val: float = Field(0.1, ge=0.0, lt=1.0, description="share of episodes in val")
+    test: float = Field(0.1, ge=0.0, lt=1.0, description="share of episodes in test")
+    holdout_tools: int = Field(
+        0, ge=0, description="tools held out of training: every episode using one goes to test"
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError("split: val + test must be < 1")
+        return self
+
+
+class ConstructConfig(Strict):
+    """Reversed construction (DESIGN §3)."""
+
+    catalog: str = Field("builtin", description="builtin | bfcl | a tools FILE")
+    n_episodes: int = Field(200, gt=0)
+    seed: int = Field(0, description="episode i uses seed `seed + i`")
+    shard_size: int = Field(100, gt=0, description="episodes per resumable shard")
+    window: int = Field(20, gt=0, le=20, description="tools in the scene window (≤ 20)")
+    n_tools: tuple[int, int] = Field((7, 10), description="tools offered per episode (min, max)")
+    n_constraints: tuple[int, int] = Field((4, 7), description="scenario constraints (min, max)")
+    workers: int = Field(1, gt=0, description="Ray Data workers per step")
+    num_cpus: float = Field(
+        0.5, gt=0.0, description="CPUs per worker (fractional on small machines)"
+    )
+    teacher: TeacherConfig = TeacherConfig()
+    split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ConstructConfig:
+        for name in ("n_tools", "n_constraints"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name}: need 0 < min <= max, got {(lo, hi)}")
+        if self.n_tools[1] > self.window:
+            raise ValueError(f"n_tools max {self.n_tools[1]} exceeds window {self.window}")
+        return self
+
+
+with warnings.catch_warnings():
+    # `construct` is pydantic v1's deprecated constructor name; as a field it is the
+    # natural YAML key, and shadowing the deprecated method is harmless.
+    warnings.filterwarnings("ignore", message='Field name "construct"')
+
+    class Config(Strict):
+        """The whole pipeline's config (sections are added as stages land)."""
+
+        construct: ConstructConfig = ConstructConfig()  # type: ignore[assignment]
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a YAML config; `None` gives the defaults. Errors name the field."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data: Any = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ValueError(f"{path}: invalid config:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Reversed dataset construction: scene → trajectory → answer → query (DESIGN §3)."""

@@ -1,0 +1,162 @@
+"""Episodes after construction: deterministic split, dataset card, export formats. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "val", "test")
+
+
+def _unit(key: str) -> float:
+    """A stable number in [0, 1) from a string (same on every machine and run)."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def episode_tool_names(row: dict[str, Any]) -> set[str]:
+    """Tools an episode actually calls (not merely offers)."""
+    return {
+        c["function"]["name"] for m in row.get("messages") or [] for c in m.get("tool_calls") or []
+    }
+
+
+def pick_holdout_tools(rows: list[dict[str, Any]], n: int, seed: int) -> list[str]:
+    """`n` called tools to hold out of training, chosen by a seeded hash (not by frequency,
+    so rare and common tools are equally likely)."""
+    called = sorted({t for r in rows for t in episode_tool_names(r)})
+    return sorted(called, key=lambda t: _unit(f"{seed}:{t}"))[:n]
+
+
+def split_rows(
+    rows: list[dict[str, Any]], val: float, test: float, holdout: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Split by episode id hash; an episode that calls a held-out tool goes to test, so
+    test measures generalisation to tools never seen in training."""
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    held = set(holdout)
+    for r in rows:
+        u = _unit(r["id"])
+        if held & episode_tool_names(r) or u < test:
+            out["test"].append(r)
+        elif u < test + val:
+            out["val"].append(r)
+        else:
+            out["train"].append(r)
+    return out
+
+
+def episode_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figures for the card: calls per episode, tool coverage, argument types, reuse."""
+    calls_per = [len([c for m in r["messages"] for c in m.get("tool_calls") or []]) for r in rows]
+    tools = Counter(t for r in rows for t in episode_tool_names(r))
+    arg_types: Counter[str] = Counter()
+    for r in rows:
+        for m in r["messages"]:
+            for c in m.get("tool_calls") or []:
+                for v in json.loads(c["function"]["arguments"]).values():
+                    arg_types[type(v).__name__] += 1
+    metas = [json.loads(r["meta"]) if r.get("meta") else {} for r in rows]
+    reuse = sum(1 for m in metas if m.get("memory_reuse", 0) > 0)
+    parallel = sum(
+        1 for r in rows if any(len(m.get("tool_calls") or []) > 1 for m in r["messages"])
+    )
+    return {
+        "episodes": len(rows),
+        "calls_per_episode": dict(sorted(Counter(calls_per).items())),
+        "tools_called": len(tools),
+        "tool_counts": dict(tools.most_common()),
+        "argument_types": dict(arg_types.most_common()),
+        "share_memory_reuse": reuse / len(rows) if rows else 0.0,
+        "share_parallel_turn": parallel / len(rows) if rows else 0.0,
+    }
+
+
+def write_card(out: Path, stats: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """`card.md` plus two plots (calls per episode, tool coverage) next to the data."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    cpe = stats["calls_per_episode"]
+    axes[0].bar([str(k) for k in cpe], list(cpe.values()), color="#4C72B0")
+    axes[0].set(title="tool calls per episode", xlabel="calls", ylabel="episodes")
+    top = list(stats["tool_counts"].items())[:30]
+    axes[1].bar([t for t, _ in top], [c for _, c in top], color="#55A868")
+    axes[1].set(
+        title=f"tool coverage (top {len(top)} of {stats['tools_called']})", ylabel="episodes"
+    )
+    axes[1].tick_params(axis="x", labelrotation=90, labelsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "card_stats.png", dpi=110)
+    plt.close(fig)
+
+    splits = manifest["splits"]
+    lines = [
+        "# Dataset card: ttpa-ray constructed episodes",
+        "",
+        f"Teacher: `{manifest['teacher']}`; catalog: `{manifest['catalog']}`; "
+        f"config hash `{manifest['config_hash']}`. Reversed construction: scene → trajectory → "
+        "final answer → user query (written last).",
+        "",
+        "| split | episodes |",
+        "|---|---|",
+        *[f"| {s} | {splits[s]} |" for s in SPLITS],
+        "",
+        f"Held-out tools (only in test): {', '.join(manifest['holdout_tools']) or 'none'}.",
+        f"Quarantined episodes: {manifest['quarantined']} (reasons in `quarantine.parquet`).",
+        "",
+        f"- tools called: {stats['tools_called']}",
+        f"- episodes reusing an earlier result in a later call: {stats['share_memory_reuse']:.1%}",
+        f"- episodes with a parallel-call turn: {stats['share_parallel_turn']:.1%}",
+        f"- argument value types: {stats['argument_types']}",
+        "",
+        "![stats](card_stats.png)",
+        "",
+    ]
+    path = out / "card.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def to_openai_jsonl(row: dict[str, Any]) -> dict[str, Any]:
+    """One episode as `{"messages": [...], "tools": [...]}` (OpenAI fine-tuning format)."""
+    from ttpa_ray.schema.records import messages_to_openai
+
+    messages = messages_to_openai(row["messages"])
+    if row.get("system"):
+        messages = [{"role": "system", "content": row["system"]}, *messages]
+    return {"messages": messages, "tools": json.loads(row["tools"])}
+
+
+def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
+    """ShareGPT with tools (LLaMA-Factory's convention: `function_call`/`observation`)."""
+    conv: list[dict[str, str]] = []
+    for m in to_openai_jsonl(row)["messages"]:
+        if m["role"] == "system":
+            continue
+        if m["role"] == "user":
+            conv.append({"from": "human", "value": m["content"] or ""})
+        elif m["role"] == "tool":
+            conv.append({"from": "observation", "value": m["content"] or ""})
+        elif m.get("tool_calls"):
+            calls = [
+                {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+                for c in m["tool_calls"]
+            ]
+            conv.append(
+                {
+                    "from": "function_call",
+                    "value": json.dumps(calls if len(calls) > 1 else calls[0]),
+                }
+            )
+        else:
+            conv.append({"from": "gpt", "value": m["content"] or ""})
+    return {"conversations": conv, "system": row.get("system") or "", "tools": row["tools"]}
+
+
+EXPORTERS = {"openai-jsonl": to_openai_jsonl, "sharegpt": to_sharegpt}

@@ -1,0 +1,231 @@
+"""Reversed construction on Ray Data: resumable shards, split, card, manifest.
+
+Each shard (a range of seeds) streams through one Ray Data pipeline of four
+`map_batches` stages (scene → trajectory → answer → query) and a finishing stage that
+assembles and validates episodes. A finished shard leaves `_SUCCESS` with its config
+hash; a re-run skips it. After the last shard the episodes are split and described.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ttpa_ray.config import ConstructConfig
+from ttpa_ray.construct.dataset import (
+    SPLITS,
+    episode_stats,
+    pick_holdout_tools,
+    split_rows,
+    write_card,
+)
+from ttpa_ray.construct.steps import (
+    OUT_SCHEMA,
+    ROW_SCHEMA,
+    STEPS,
+    finish_row,
+    make_teacher,
+    run_step,
+)
+from ttpa_ray.schema.io import StageCounts, config_hash, read_table, write_manifest, write_rows
+from ttpa_ray.schema.records import EPISODE_SCHEMA, QUARANTINE_SCHEMA
+
+log = logging.getLogger("ttpa_ray")
+STAGE = "construct"
+
+
+@cache
+def _teacher(config_json: str) -> Any:
+    # One teacher (and catalog) per worker process, reused across batches and steps.
+    return make_teacher(json.loads(config_json))
+
+
+def _step_batch(batch: pa.Table, step: str, config_json: str) -> pa.Table:
+    teacher = _teacher(config_json)
+    rows = [run_step(teacher, step, r) for r in batch.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+def _finish_batch(batch: pa.Table, config_json: str) -> pa.Table:
+    teacher = _teacher(config_json)
+    return pa.Table.from_pylist(
+        [finish_row(teacher, r) for r in batch.to_pylist()], schema=OUT_SCHEMA
+    )
+
+
+def _shard_key(cfg: ConstructConfig) -> str:
+    """What a shard's content depends on (not n_episodes, workers or CPUs)."""
+    return config_hash(cfg.model_dump(exclude={"n_episodes", "workers", "num_cpus", "split"}))
+
+
+def run_shard(cfg: ConstructConfig, seeds: list[int]) -> pa.Table:
+    """Construct the episodes of `seeds` on Ray Data; one OUT_SCHEMA row per seed."""
+    import ray
+
+    config_json = cfg.model_dump_json()
+    rows = [{"id": f"ep-{s:08d}", "seed": s} for s in seeds]
+    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    # Several blocks, so `workers` tasks can run at once.
+    n_blocks = max(1, min(len(rows), 2 * cfg.workers))
+    step = -(-len(rows) // n_blocks)
+    ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(rows), step)])
+    # Task-based stages: the schema teacher is cheap to build (cached per worker) and
+    # consecutive task stages fuse into one task per block. LLM teachers need actors.
+    remote: dict[str, Any] = {
+        "concurrency": cfg.workers,
+        "num_cpus": cfg.num_cpus,
+        "batch_format": "pyarrow",
+    }
+    for name in STEPS:
+        ds = ds.map_batches(_step_batch, fn_args=(name, config_json), **remote)
+    ds = ds.map_batches(_finish_batch, fn_args=(config_json,), **remote)
+    out = pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()])
+    return out.sort_by("seed")
+
+
+def _step_counts(table: pa.Table) -> list[StageCounts]:
+    """rows_in/out/quarantined per step, from where each row failed (if it did)."""
+    failed = table["_failed_step"].to_pylist()
+    seconds = [json.loads(s) if s else {} for s in table["_seconds"].to_pylist()]
+    counts, alive = [], table.num_rows
+    for name in (*STEPS, "assemble", "validate"):
+        q = sum(1 for f in failed if f == name)
+        secs = sum(s.get(name, 0.0) for s in seconds)
+        counts.append(StageCounts(f"{STAGE}.{name}", alive, alive - q, q, round(secs, 3)))
+        alive -= q
+    return counts
+
+
+def _quarantine_rows(bad: pa.Table) -> list[dict[str, Any]]:
+    return [
+        {
+            "stage": f"{STAGE}.{r['_failed_step']}",
+            "row_id": r["id"],
+            "reason": r["_quarantine_reason"],
+            "raw": r["_raw"],
+        }
+        for r in bad.select(["id", "_failed_step", "_quarantine_reason", "_raw"]).to_pylist()
+    ]
+
+
+def run_construct(
+    cfg: ConstructConfig,
+    out: str | Path,
+    *,
+    stop_after_shards: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build `cfg.n_episodes` episodes into `out`, resuming finished shards.
+
+    `stop_after_shards` stops after running that many shards (for tests of resume: the
+    effect of an interrupted run). Returns the manifest (also written to
+    `out/manifest.json`); raises ValueError when no episode survives.
+    """
+    from tqdm import tqdm
+
+    from ttpa_ray.ray_utils import init_ray
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    key = _shard_key(cfg)
+    starts = list(range(0, cfg.n_episodes, cfg.shard_size))
+    ran = skipped = 0
+    shards = []
+    bar = tqdm(starts, desc="construct shards", unit="shard", disable=not progress)
+    for start in bar:
+        seeds = [cfg.seed + i for i in range(start, min(start + cfg.shard_size, cfg.n_episodes))]
+        shard = out / "shards" / f"shard-{cfg.seed + start:08d}-{len(seeds)}"
+        shards.append(shard)
+        done = shard / "_SUCCESS"
+        if done.exists() and json.loads(done.read_text()).get("key") == key:
+            skipped += 1
+            continue
+        if stop_after_shards is not None and ran >= stop_after_shards:
+            bar.close()
+            return {"interrupted": True, "shards_run": ran, "shards_skipped": skipped}
+        init_ray()
+        table = run_shard(cfg, seeds)
+        ok = table.filter(pc.is_null(table["_quarantine_reason"]))
+        bad = table.filter(pc.is_valid(table["_quarantine_reason"]))
+        write_rows(
+            shard / "episodes.parquet", ok.select(EPISODE_SCHEMA.names).to_pylist(), EPISODE_SCHEMA
+        )
+        write_rows(shard / "quarantine.parquet", _quarantine_rows(bad), QUARANTINE_SCHEMA)
+        counts = _step_counts(table)
+        (shard / "counts.json").write_text(json.dumps([c.__dict__ for c in counts]))
+        done.write_text(json.dumps({"key": key, "seeds": [seeds[0], seeds[-1]]}))
+        ran += 1
+        bar.set_postfix(episodes=ok.num_rows, quarantined=bad.num_rows)
+    bar.close()
+    return _finalize(cfg, out, shards, key, ran, skipped, time.perf_counter() - t0)
+
+
+def _finalize(
+    cfg: ConstructConfig,
+    out: Path,
+    shards: list[Path],
+    key: str,
+    ran: int,
+    skipped: int,
+    seconds: float,
+) -> dict[str, Any]:
+    episodes = pa.concat_tables([read_table(s / "episodes.parquet") for s in shards])
+    quarantine = pa.concat_tables([read_table(s / "quarantine.parquet") for s in shards])
+    per_step: dict[str, StageCounts] = {}
+    for s in shards:
+        for c in json.loads((s / "counts.json").read_text()):
+            prev = per_step.get(c["stage"])
+            per_step[c["stage"]] = StageCounts(
+                c["stage"],
+                c["rows_in"] + (prev.rows_in if prev else 0),
+                c["rows_out"] + (prev.rows_out if prev else 0),
+                c["rows_quarantined"] + (prev.rows_quarantined if prev else 0),
+                round(c["seconds"] + (prev.seconds if prev else 0.0), 3),
+            )
+    counts = [c.check() for c in per_step.values()]
+    total = StageCounts(
+        STAGE, cfg.n_episodes, episodes.num_rows, quarantine.num_rows, round(seconds, 2)
+    ).check()
+    if episodes.num_rows == 0:
+        raise ValueError(
+            f"construct: all {cfg.n_episodes} episodes were quarantined; see {out}/quarantine.parquet"
+        )
+    rows = episodes.to_pylist()
+    holdout = pick_holdout_tools(rows, cfg.split.holdout_tools, cfg.seed)
+    splits = split_rows(rows, cfg.split.val, cfg.split.test, holdout)
+    for name in SPLITS:
+        write_rows(out / "episodes" / f"{name}.parquet", splits[name], EPISODE_SCHEMA)
+    write_rows(out / "quarantine.parquet", quarantine.to_pylist(), QUARANTINE_SCHEMA)
+    stats = episode_stats(rows)
+    extra = {
+        "teacher": cfg.teacher.kind,
+        "catalog": cfg.catalog,
+        "shard_key": key,
+        "shards_run": ran,
+        "shards_skipped": skipped,
+        "splits": {s: len(splits[s]) for s in SPLITS},
+        "holdout_tools": holdout,
+        "quarantined": quarantine.num_rows,
+        "quarantine_reasons": _reason_counts(quarantine),
+        "stats": {k: v for k, v in stats.items() if k != "tool_counts"},
+    }
+    path = write_manifest(out, [total, *counts], config=cfg.model_dump(mode="json"), extra=extra)
+    manifest = json.loads(path.read_text())
+    write_card(out, stats, manifest)
+    (out / "config.resolved.json").write_text(cfg.model_dump_json(indent=2))
+    return manifest
+
+
+def _reason_counts(quarantine: pa.Table) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for r in quarantine["reason"].to_pylist():
+        head = r.split(":")[0] + ":" + r.split(":")[1] if r.count(":") >= 1 else r
+        reasons[head] = reasons.get(head, 0) + 1
+    return reasons
