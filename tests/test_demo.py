@@ -32,4 +32,6 @@ def test_demo_end_to_end(tmp_path):
     quarantine = tmp_path / "demo" / "score" / "scored.quarantine.parquet"
     assert quarantine.exists()
     assert (tmp_path / "demo" / "tiny-model" / "config.json").exists()
+    assert sum(summary["construct"]["splits"].values()) + summary["construct"]["quarantined"] == 200
+    assert (tmp_path / "demo" / "construct" / "card.md").exists()
     assert (tmp_path / "demo" / "tools" / "bfcl" / "bfcl_entries.parquet").exists()

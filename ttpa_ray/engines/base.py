@@ -1,0 +1,103 @@
+"""The one protocol every text-generation back end implements, and its factory.
+
+An engine turns chat requests (OpenAI-shaped `messages` plus optional per-request OpenAI
+`tools`) into `n` completion texts each. Tool calls come back as text in the
+`<tool_call>{json}</tool_call>` format of `ttpa_ray.schema.tool_call_text`, whatever the
+back end, so callers parse one format.
+
+Pure Python: importing this module pulls in neither torch, transformers, vLLM nor Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+ENGINE_KINDS = ("hf", "vllm", "openai")
+
+
+class EngineError(RuntimeError):
+    """A request could not be served (bad model dir, prompt too long, HTTP error, ...)."""
+
+
+@dataclass
+class ChatRequest:
+    """One conversation to complete.
+
+    `messages`: OpenAI chat messages (`role`, `content`, optional `tool_calls`, ...).
+    `tools`: OpenAI function tools offered to the model for this request only (None: none).
+    `request_id`: free-form label carried into error messages and logs.
+    """
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    request_id: str = ""
+
+
+@dataclass
+class GenerationParams:
+    """Sampling settings shared by all requests of one `generate` call.
+
+    `max_tokens`: new tokens per completion (≥ 1). `temperature` 0 means greedy decoding.
+    `n`: completions per request. `seed`: makes sampling reproducible for a given back end
+    and batch (None: unseeded). `stop`: strings that end a completion (not included in it).
+    """
+
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: list[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding is deterministic (temperature 0)."""
+        return self.temperature == 0
+
+
+@runtime_checkable
+class TextEngine(Protocol):
+    """A text-generation back end.
+
+    `generate` returns, for each request in order, a list of exactly `params.n` texts
+    (the completion only: no prompt, no special tokens). It raises `EngineError` when a
+    request cannot be served.
+    """
+
+    name: str
+
+    def generate(
+        self, requests: list[ChatRequest], params: GenerationParams
+    ) -> list[list[str]]: ...
+
+
+def make_engine(kind: str, **kwargs: Any) -> TextEngine:
+    """Build an engine by kind: `hf` (`HFEngine`), `vllm` (`VLLMEngine`), `openai` (`OpenAIEngine`).
+
+    `kwargs` go to the engine's constructor. The back end's module is imported only here, so
+    choosing `openai` never imports torch. Raises ValueError for an unknown kind.
+    """
+    if kind == "hf":
+        from ttpa_ray.engines.hf_engine import HFEngine
+
+        return HFEngine(**kwargs)
+    if kind == "vllm":
+        from ttpa_ray.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(**kwargs)
+    if kind == "openai":
+        from ttpa_ray.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(**kwargs)
+    raise ValueError(f"unknown engine kind {kind!r}; valid kinds: {', '.join(ENGINE_KINDS)}")

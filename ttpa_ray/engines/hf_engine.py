@@ -1,0 +1,197 @@
+"""A transformers engine: a local model directory on CPU or one GPU.
+
+Each request is rendered with the tokenizer's own chat template and its own `tools`
+(`apply_chat_template(messages, tools=..., add_generation_prompt=True)`), tokenized
+without extra special tokens (the template already writes them), grouped into left-padded
+batches of similar length, and decoded back without the prompt and special tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def truncate_at_stop(text: str, stop: list[str] | None) -> str:
+    """`text` cut before the earliest occurrence of any stop string (OpenAI semantics)."""
+    if not stop:
+        return text
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+class HFEngine:
+    """`TextEngine` over `AutoModelForCausalLM` loaded offline from `model_path`.
+
+    `dtype`: "auto" (the checkpoint's dtype), "float32", "bfloat16" or "float16".
+    `batch_size`: requests per forward batch (each expands to `n` sequences).
+    `max_prompt_tokens`: if set, longer prompts keep their last `max_prompt_tokens` tokens
+    (counted in `truncated_prompts`); if None, a prompt that does not fit the model's
+    context (`max_position_embeddings`) raises `EngineError`. New tokens are capped so
+    prompt + completion fits the context.
+
+    Sampling (`temperature > 0`) is seeded per batch with `seed + batch index` inside a
+    forked RNG (the caller's global torch RNG is untouched), so a call is reproducible
+    for the same requests, `batch_size` and seed.
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        device: str = "cpu",
+        dtype: str = "auto",
+        batch_size: int = 8,
+        max_prompt_tokens: int | None = None,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_dir():
+            raise EngineError(f"model directory not found: {path}")
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_path = path
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self.truncated_prompts = 0
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as exc:
+            raise EngineError(f"cannot load a tokenizer from {path}: {exc}") from exc
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise EngineError(
+                f"the tokenizer in {path} has no chat template "
+                "(add chat_template.jinja or 'chat_template' in tokenizer_config.json)"
+            )
+        torch_dtype: Any = "auto" if dtype == "auto" else _DTYPES[dtype]
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=torch_dtype
+            )
+        except Exception as exc:
+            raise EngineError(f"cannot load a causal LM from {path}: {exc}") from exc
+        # transformers' stubs type `.to` oddly (a decorated method); it is the nn.Module one.
+        self.model: Any = model.to(self.device)  # type: ignore[arg-type]
+        self.model.eval()
+        gen_cfg = self.model.generation_config
+        eos = (
+            gen_cfg.eos_token_id
+            if gen_cfg.eos_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        self.eos_token_ids: list[int] = [eos] if isinstance(eos, int) else list(eos or [])
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = (
+                gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else self.eos_token_ids[0]
+            )
+        self.pad_token_id = int(pad)
+        self.max_length = int(
+            getattr(self.model.config, "max_position_embeddings", None)
+            or self.tokenizer.model_max_length
+        )
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def render(self, request: ChatRequest) -> str:
+        """The prompt text of one request (chat template, its tools, generation prompt)."""
+        tools: list[Any] | None = list(request.tools) if request.tools else None
+        try:
+            return str(
+                self.tokenizer.apply_chat_template(
+                    request.messages,
+                    tools=tools,
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+            )
+        except Exception as exc:
+            raise EngineError(
+                f"request {request.request_id!r}: chat template failed: {exc}"
+            ) from exc
+
+    def encode(self, request: ChatRequest, max_tokens: int) -> list[int]:
+        """Token ids of one rendered prompt, left-truncated or rejected as documented."""
+        ids = list(self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"])
+        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+            # Keep the end: the latest turns and the generation prompt matter most.
+            ids = ids[-self.max_prompt_tokens :]
+            self.truncated_prompts += 1
+        if len(ids) >= self.max_length:
+            raise EngineError(
+                f"request {request.request_id!r}: prompt has {len(ids)} tokens, the model's "
+                f"context is {self.max_length}; set max_prompt_tokens to truncate"
+            )
+        return ids
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _generate_batch(
+        self, prompts: list[list[int]], params: GenerationParams, batch_index: int
+    ) -> list[list[str]]:
+        width = max(len(p) for p in prompts)
+        # Left padding: every prompt ends at the same position, so new tokens line up.
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        # Greedy decoding gives n identical texts: decode once, repeat (transformers rejects
+        # num_return_sequences > 1 without sampling).
+        per_prompt = 1 if params.greedy else params.n
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max(1, min(params.max_tokens, self.max_length - width)),
+            "num_return_sequences": per_prompt,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_ids,
+        }
+        if params.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            # top_k=0: no top-k filter (transformers defaults to 50; OpenAI/vLLM use none).
+            kwargs.update(
+                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+            )
+        if params.stop:
+            kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed + batch_index)
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                **kwargs,
+            )
+        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        texts = [truncate_at_stop(t, params.stop) for t in texts]
+        # generate() returns the sequences of each prompt consecutively.
+        groups = [texts[i * per_prompt : (i + 1) * per_prompt] for i in range(len(prompts))]
+        return [g * params.n if params.greedy else g for g in groups]
+
+    def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[list[str]]:
+        """`params.n` completions per request, in request order."""
+        if not requests:
+            return []
+        prompts = [self.encode(r, params.max_tokens) for r in requests]
+        # Batch prompts of similar length together (less padding); order restored below.
+        order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+        results: list[list[str]] = [[] for _ in requests]
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[start : start + self.batch_size]
+            for i, texts in zip(
+                idx, self._generate_batch([prompts[i] for i in idx], params, b), strict=True
+            ):
+                results[i] = texts
+        return results

@@ -1,0 +1,220 @@
+"""vLLM through Ray Data LLM (`ray.data.llm.build_processor`): batch generation on GPUs.
+
+vLLM is CUDA-only and an optional extra (`ttpa-ray[gpu]`): nothing here imports it at
+module level, and `VLLMEngine` calls `require_vllm()` first. `import ray.data.llm` works
+without vLLM, so the processor config is built and tested on CPU.
+
+We render prompts ourselves: Ray Data LLM's chat-template stage does not pass a row's
+`tools` to the template, and tool-use prompts differ per row. So the chat-template,
+tokenize and detokenize stages are off; each row carries `tokenized_prompt` (ids of our
+rendered text, tokenized without added special tokens, so no double BOS) and the `prompt`
+text; vLLM returns the decoded completion.
+
+Ray Data LLM keeps only the first output of a vLLM request (`outputs[0]`), so `n > 1` is
+fanned out into `n` rows with `n=1` and seeds `seed + sample_index` (prefix caching makes
+the repeated prompt cheap). Greedy decoding (temperature 0) is generated once and repeated.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams
+
+VLLM_MISSING = "vLLM is not installed: pip install 'ttpa-ray[gpu]' on a CUDA machine"
+
+
+def require_vllm() -> None:
+    """Raise ImportError with the install hint when vLLM cannot be imported."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(VLLM_MISSING) from exc
+
+
+@dataclass
+class VLLMConfig:
+    """Where and how vLLM runs.
+
+    `model`: local directory or hub id. `batch_size`: rows per engine call.
+    `concurrency`: number of vLLM engine replicas (each `tensor_parallel_size *
+    pipeline_parallel_size` GPUs). `accelerator_type`: Ray accelerator type (e.g. "H100")
+    or None. `max_model_len`: context length in tokens. `gpu_memory_utilization`: share of
+    each GPU's memory vLLM may take (0, 1].
+    """
+
+    model: str
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    batch_size: int = 64
+    concurrency: int = 1
+    accelerator_type: str | None = None
+    enable_prefix_caching: bool = True
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = 0.9
+    dtype: str = "auto"
+
+
+def engine_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
+    """The `vllm.AsyncEngineArgs` fields we set (Ray Data LLM passes them through)."""
+    return {
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "pipeline_parallel_size": cfg.pipeline_parallel_size,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "max_model_len": cfg.max_model_len,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "dtype": cfg.dtype,
+    }
+
+
+def processor_config_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
+    """Keyword arguments of `ray.data.llm.vLLMEngineProcessorConfig` for `cfg`."""
+    return {
+        "model_source": cfg.model,
+        "engine_kwargs": engine_kwargs(cfg),
+        "batch_size": cfg.batch_size,
+        "concurrency": cfg.concurrency,
+        "accelerator_type": cfg.accelerator_type,
+        # We render (per-row tools) and tokenize ourselves; vLLM detokenizes its output.
+        "chat_template_stage": False,
+        "tokenize_stage": False,
+        "detokenize_stage": False,
+        "task_type": "generate",
+    }
+
+
+def build_processor_config(cfg: VLLMConfig) -> Any:
+    """A `ray.data.llm.vLLMEngineProcessorConfig` (constructible without vLLM)."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    return vLLMEngineProcessorConfig(**processor_config_kwargs(cfg))
+
+
+def render_prompts(tokenizer: Any, requests: list[ChatRequest]) -> list[str]:
+    """Each request rendered with its own tools and the generation prompt."""
+    prompts = []
+    for r in requests:
+        try:
+            text = tokenizer.apply_chat_template(
+                r.messages, tools=r.tools or None, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:
+            raise EngineError(f"request {r.request_id!r}: chat template failed: {exc}") from exc
+        prompts.append(str(text))
+    return prompts
+
+
+def sampling_params(params: GenerationParams, sample_index: int = 0) -> dict[str, Any]:
+    """`vllm.SamplingParams` fields for one row (always `n=1`, see the module docstring).
+
+    `seed` becomes `seed + sample_index` so fanned-out samples differ; `seed`/`stop` are
+    left out when unset.
+    """
+    out: dict[str, Any] = {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+        "n": 1,
+        "skip_special_tokens": True,
+    }
+    if params.seed is not None:
+        out["seed"] = params.seed + sample_index
+    if params.stop:
+        out["stop"] = list(params.stop)
+    return out
+
+
+def expand_rows(
+    prompts: list[str],
+    params: GenerationParams,
+    prompt_token_ids: list[list[int]] | None = None,
+) -> list[dict[str, Any]]:
+    """Input rows: one per (request, sample); one per request when decoding is greedy."""
+    samples = 1 if params.greedy else params.n
+    rows = []
+    for i, prompt in enumerate(prompts):
+        for s in range(samples):
+            row: dict[str, Any] = {"request_index": i, "sample_index": s, "prompt": prompt}
+            if prompt_token_ids is not None:
+                row["prompt_token_ids"] = prompt_token_ids[i]
+            rows.append(row)
+    return rows
+
+
+def preprocess_row(row: dict[str, Any], params: GenerationParams) -> dict[str, Any]:
+    """An input row → what the vLLM stage reads (`prompt`, `tokenized_prompt`, `sampling_params`)."""
+    out: dict[str, Any] = {
+        "request_index": int(row["request_index"]),
+        "sample_index": int(row["sample_index"]),
+        "prompt": row["prompt"],
+        "sampling_params": sampling_params(params, int(row["sample_index"])),
+    }
+    ids = row.get("prompt_token_ids")
+    if ids is not None:
+        out["tokenized_prompt"] = [int(t) for t in ids]
+    return out
+
+
+def postprocess_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A processed row → `request_index`, `sample_index`, `generated_text`."""
+    return {
+        "request_index": int(row["request_index"]),
+        "sample_index": int(row["sample_index"]),
+        "generated_text": str(row.get("generated_text") or ""),
+    }
+
+
+def collect(
+    rows: list[dict[str, Any]], num_requests: int, params: GenerationParams
+) -> list[list[str]]:
+    """Postprocessed rows (any order) → `params.n` texts per request, in request order."""
+    by_request: list[dict[int, str]] = [{} for _ in range(num_requests)]
+    for row in rows:
+        by_request[int(row["request_index"])][int(row["sample_index"])] = str(row["generated_text"])
+    out = []
+    for i, samples in enumerate(by_request):
+        texts = [samples[s] for s in sorted(samples)]
+        if not texts:
+            raise EngineError(f"request {i}: no output from vLLM")
+        out.append(texts * params.n if params.greedy else texts)
+    return out
+
+
+class VLLMEngine:
+    """`TextEngine` running vLLM through a Ray Data LLM processor (needs CUDA + vLLM).
+
+    `VLLMEngine("path/or/hub-id", tensor_parallel_size=2, ...)` or `VLLMEngine(VLLMConfig(...))`.
+    Each `generate` call builds one processor over a `ray.data.from_items` dataset (the
+    engine actors start per call: use large request lists). Needs a running Ray (or starts
+    a local one).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model: str | VLLMConfig, **config_kwargs: Any) -> None:
+        require_vllm()
+        self.config = model if isinstance(model, VLLMConfig) else VLLMConfig(model, **config_kwargs)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise EngineError(f"the tokenizer of {self.config.model} has no chat template")
+
+    def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[list[str]]:
+        """`params.n` texts per request, in request order."""
+        if not requests:
+            return []
+        import ray.data
+        from ray.data.llm import build_processor
+
+        prompts = render_prompts(self.tokenizer, requests)
+        ids = [list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        processor = build_processor(
+            build_processor_config(self.config),
+            preprocess=functools.partial(preprocess_row, params=params),
+            postprocess=postprocess_row,
+        )
+        ds = processor(ray.data.from_items(expand_rows(prompts, params, ids)))
+        return collect(ds.take_all(), len(requests), params)
