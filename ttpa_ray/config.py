@@ -19,7 +19,8 @@ class Strict(BaseModel):
 
 
 class TeacherConfig(Strict):
-    """Who writes the episodes. `schema` needs no model (deterministic, CPU)."""
+    """Who writes the episodes. `schema` needs no model (deterministic, CPU); `hf`, `vllm`
+    and `openai` are LLM teachers (a prompt per step, JSON replies, one repair)."""
 
     kind: Literal["schema", "hf", "vllm", "openai"] = Field(
         "schema", description="schema (CPU default) | hf (local model dir) | vllm | openai endpoint"
@@ -30,10 +31,29 @@ class TeacherConfig(Strict):
     )
     api_key_env: str | None = Field(None, description="env var holding the endpoint's API key")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(1024, gt=0)
-    max_concurrency: int = Field(8, gt=0, description="openai: requests in flight")
-    tensor_parallel_size: int = Field(1, gt=0, description="vllm")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, gt=0, description="new tokens per step reply")
+    repair: bool = Field(True, description="one repair round for an unusable JSON reply")
+    batch_size: int = Field(16, gt=0, description="episodes per engine batch (all LLM kinds)")
+    # hf
+    device: str = Field("cpu", description="hf: torch device, e.g. cpu or cuda")
+    dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
+    num_gpus: float = Field(0.0, ge=0.0, description="hf: GPUs per actor (1 with device cuda)")
+    max_prompt_tokens: int | None = Field(
+        None, gt=0, description="hf: keep the last N prompt tokens (None: error if too long)"
+    )
+    # openai
+    max_concurrency: int = Field(8, gt=0, description="openai: requests in flight per actor")
+    max_retries: int = Field(3, ge=0, description="openai: retries (backoff) per request")
+    timeout_s: float = Field(120.0, gt=0.0, description="openai: per socket operation")
+    # vllm
+    tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs per engine replica")
+    pipeline_parallel_size: int = Field(1, gt=0, description="vllm")
+    concurrency: int = Field(1, gt=0, description="vllm: engine replicas per step processor")
     accelerator_type: str | None = Field(None, description="vllm: e.g. H100")
+    enable_prefix_caching: bool = Field(True, description="vllm: steps share the system prompt")
+    max_model_len: int = Field(8192, gt=0, description="vllm: context length")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm")
 
     @model_validator(mode="after")
     def _needs_model(self) -> TeacherConfig:
@@ -41,6 +61,8 @@ class TeacherConfig(Strict):
             raise ValueError(f"teacher kind {self.kind!r} needs `model`")
         if self.kind == "openai" and not self.base_url:
             raise ValueError("teacher kind 'openai' needs `base_url`")
+        if self.device.startswith("cuda") and self.num_gpus == 0:
+            raise ValueError("teacher device cuda needs num_gpus > 0 (GPUs per actor)")
         return self
 
 
@@ -70,6 +92,7 @@ class ConstructConfig(Strict):
     window: int = Field(20, gt=0, le=20, description="tools in the scene window (≤ 20)")
     n_tools: tuple[int, int] = Field((7, 10), description="tools offered per episode (min, max)")
     n_constraints: tuple[int, int] = Field((4, 7), description="scenario constraints (min, max)")
+    n_calls: tuple[int, int] = Field((4, 7), description="calls per multi-step episode (min, max)")
     workers: int = Field(1, gt=0, description="Ray Data workers per step")
     num_cpus: float = Field(
         0.5, gt=0.0, description="CPUs per worker (fractional on small machines)"
@@ -79,7 +102,7 @@ class ConstructConfig(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> ConstructConfig:
-        for name in ("n_tools", "n_constraints"):
+        for name in ("n_tools", "n_constraints", "n_calls"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name}: need 0 < min <= max, got {(lo, hi)}")

@@ -55,16 +55,12 @@ def _result_keys(spec: ToolSpec) -> set[str]:
 
 
 # -- scene ----------------------------------------------------------------------------
-def step_scene(
-    seed: int,
-    catalog: list[ToolSpec],
-    window: int = 20,
-    n_tools: Sequence[int] = (7, 10),
-    n_constraints: Sequence[int] = (4, 7),
-) -> dict[str, Any]:
-    """Window of ≤`window` tools from one or two domains, a scenario, constraints with
-    concrete values, their `facts` (keyed by the parameter they fill) and the chosen tools."""
-    rng = _rng(seed, "scene")
+def sample_window(
+    rng: random.Random, catalog: Sequence[ToolSpec], window: int = 20
+) -> tuple[str, dict[str, list[ToolSpec]], list[ToolSpec]]:
+    """The scene's tool window: a primary domain whole, then a secondary domain, then
+    other tools shuffled, cut at `window`. Returns (primary domain, tools by domain, window);
+    LLM teachers use the same window so both teachers see the same kind of scene."""
     by_domain: dict[str, list[ToolSpec]] = defaultdict(list)
     for t in catalog:
         by_domain[t.domain or "general"].append(t)
@@ -75,7 +71,20 @@ def step_scene(
     rest = [t for d in others if d != secondary for t in by_domain[d]]
     rng.shuffle(rest)
     win = by_domain[primary] + (by_domain[secondary] if secondary else []) + rest
-    win = win[:window]
+    return primary, by_domain, win[:window]
+
+
+def step_scene(
+    seed: int,
+    catalog: list[ToolSpec],
+    window: int = 20,
+    n_tools: Sequence[int] = (7, 10),
+    n_constraints: Sequence[int] = (4, 7),
+) -> dict[str, Any]:
+    """Window of ≤`window` tools from one or two domains, a scenario, constraints with
+    concrete values, their `facts` (keyed by the parameter they fill) and the chosen tools."""
+    rng = _rng(seed, "scene")
+    primary, by_domain, win = sample_window(rng, catalog, window)
     k = min(rng.randint(n_tools[0], n_tools[1]), len(win))
     # the primary domain whole (its tools chain), topped up from the secondary domain
     head = list(by_domain[primary][:window])
@@ -283,8 +292,13 @@ def _simulate(spec: ToolSpec, args: dict[str, Any], sampler: ValueSampler) -> di
     return result
 
 
-def step_trajectory(scene: dict[str, Any], seed: int, catalog: list[ToolSpec]) -> dict[str, Any]:
-    """4–7 grounded calls in turns (≈10% single-call episodes, ≈25% with a parallel turn),
+def step_trajectory(
+    scene: dict[str, Any],
+    seed: int,
+    catalog: list[ToolSpec],
+    call_range: Sequence[int] = (4, 7),
+) -> dict[str, Any]:
+    """`call_range` (4–7) grounded calls in turns (≈10% single-call episodes, ≈25% with a parallel turn),
     results simulated from result schemas. Raises `Restart` when the tools cannot chain."""
     rng = _rng(seed, "trajectory")
     specs = {t.name: t for t in catalog}
@@ -292,7 +306,7 @@ def step_trajectory(scene: dict[str, Any], seed: int, catalog: list[ToolSpec]) -
     if not tools:
         raise Restart("scene offers no known tool")
     single = rng.random() < P_SINGLE
-    target = 1 if single else rng.randint(4, 7)
+    target = 1 if single else rng.randint(call_range[0], call_range[1])
     parallel_turn = -1 if single or rng.random() >= P_PARALLEL else rng.randint(0, 1)
     memory: list[tuple[str, Any]] = []
     uses: dict[str, int] = defaultdict(int)

@@ -32,7 +32,7 @@ from ttpa_ray.construct.steps import (
     STEPS,
     finish_row,
     make_teacher,
-    run_step,
+    step_rows,
 )
 from ttpa_ray.schema.io import StageCounts, config_hash, read_table, write_manifest, write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA, QUARANTINE_SCHEMA
@@ -44,12 +44,13 @@ STAGE = "construct"
 @cache
 def _teacher(config_json: str) -> Any:
     # One teacher (and catalog) per worker process, reused across batches and steps.
-    return make_teacher(json.loads(config_json))
+    # No engine: these workers run the schema teacher or only assemble episodes.
+    return make_teacher(json.loads(config_json), with_engine=False)
 
 
 def _step_batch(batch: pa.Table, step: str, config_json: str) -> pa.Table:
     teacher = _teacher(config_json)
-    rows = [run_step(teacher, step, r) for r in batch.to_pylist()]
+    rows = step_rows(teacher, step, batch.to_pylist())
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
@@ -60,13 +61,34 @@ def _finish_batch(batch: pa.Table, config_json: str) -> pa.Table:
     )
 
 
+class LLMStepStage:
+    """One construction step as a Ray Data actor: the engine (an HF model, or an HTTP
+    client) is built once per actor and serves every batch. With `finish`, the actor
+    also assembles and validates the episodes (the last step), so no extra CPU-holding
+    stage competes with the actor pools on a small machine."""
+
+    def __init__(self, step: str, config_json: str, finish: bool = False) -> None:
+        self.step, self.finish = step, finish
+        self.teacher = make_teacher(json.loads(config_json))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = step_rows(self.teacher, self.step, batch.to_pylist())
+        if self.finish:
+            return pa.Table.from_pylist([finish_row(self.teacher, r) for r in rows], OUT_SCHEMA)
+        return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
 def _shard_key(cfg: ConstructConfig) -> str:
     """What a shard's content depends on (not n_episodes, workers or CPUs)."""
     return config_hash(cfg.model_dump(exclude={"n_episodes", "workers", "num_cpus", "split"}))
 
 
-def run_shard(cfg: ConstructConfig, seeds: list[int]) -> pa.Table:
-    """Construct the episodes of `seeds` on Ray Data; one OUT_SCHEMA row per seed."""
+def run_shard(cfg: ConstructConfig, seeds: list[int], processor_factory: Any = None) -> pa.Table:
+    """Construct the episodes of `seeds` on Ray Data; one OUT_SCHEMA row per seed.
+
+    `processor_factory(step, attempt)` (vllm only) builds the processor that generates a
+    step's replies; the default is a Ray Data LLM vLLM processor from the config.
+    """
     import ray
 
     config_json = cfg.model_dump_json()
@@ -76,16 +98,41 @@ def run_shard(cfg: ConstructConfig, seeds: list[int]) -> pa.Table:
     n_blocks = max(1, min(len(rows), 2 * cfg.workers))
     step = -(-len(rows) // n_blocks)
     ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(rows), step)])
-    # Task-based stages: the schema teacher is cheap to build (cached per worker) and
-    # consecutive task stages fuse into one task per block. LLM teachers need actors.
-    remote: dict[str, Any] = {
-        "concurrency": cfg.workers,
-        "num_cpus": cfg.num_cpus,
-        "batch_format": "pyarrow",
-    }
-    for name in STEPS:
-        ds = ds.map_batches(_step_batch, fn_args=(name, config_json), **remote)
-    ds = ds.map_batches(_finish_batch, fn_args=(config_json,), **remote)
+    kind = cfg.teacher.kind
+    if kind == "schema":
+        # Task-based stages: the schema teacher is cheap to build (cached per worker) and
+        # consecutive task stages fuse into one task per block.
+        remote: dict[str, Any] = {
+            "concurrency": cfg.workers,
+            "num_cpus": cfg.num_cpus,
+            "batch_format": "pyarrow",
+        }
+        for name in STEPS:
+            ds = ds.map_batches(_step_batch, fn_args=(name, config_json), **remote)
+        ds = ds.map_batches(_finish_batch, fn_args=(config_json,), **remote)
+    elif kind == "vllm":
+        from ttpa_ray.construct.vllm_stage import vllm_steps
+
+        ds = vllm_steps(ds, cfg, processor_factory)
+        ds = ds.map_batches(
+            _finish_batch,
+            fn_args=(config_json,),
+            concurrency=cfg.workers,
+            num_cpus=cfg.num_cpus,
+            batch_format="pyarrow",
+        )
+    else:
+        # hf / openai: an actor pool per step (`workers` actors each).
+        for name in STEPS:
+            ds = ds.map_batches(
+                LLMStepStage,
+                fn_constructor_args=(name, config_json, name == STEPS[-1]),
+                concurrency=cfg.workers,
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.teacher.num_gpus or None,
+                batch_size=cfg.teacher.batch_size,
+                batch_format="pyarrow",
+            )
     out = pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()])
     return out.sort_by("seed")
 
@@ -121,6 +168,7 @@ def run_construct(
     *,
     stop_after_shards: int | None = None,
     progress: bool = True,
+    processor_factory: Any = None,
 ) -> dict[str, Any]:
     """Build `cfg.n_episodes` episodes into `out`, resuming finished shards.
 
@@ -151,7 +199,7 @@ def run_construct(
             bar.close()
             return {"interrupted": True, "shards_run": ran, "shards_skipped": skipped}
         init_ray()
-        table = run_shard(cfg, seeds)
+        table = run_shard(cfg, seeds, processor_factory)
         ok = table.filter(pc.is_null(table["_quarantine_reason"]))
         bad = table.filter(pc.is_valid(table["_quarantine_reason"]))
         write_rows(

@@ -9,6 +9,7 @@ so each stage keeps one output row per input row and the counts add up.
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import cache
 from typing import Any, Protocol
@@ -43,16 +44,11 @@ OUT_SCHEMA = (
 
 
 class Teacher(Protocol):
-    """What writes an episode, step by step. Each method gets JSON-able dicts."""
+    """What writes episodes: steps (row by row, or `step_batch` for LLM teachers, see
+    `step_rows`), then `assemble` builds the Episode from the steps' outputs."""
 
     name: str
 
-    def scene(self, seed: int) -> dict[str, Any]: ...
-    def trajectory(self, scene: dict[str, Any], seed: int) -> dict[str, Any]: ...
-    def answer(self, scene: dict[str, Any], trajectory: dict[str, Any], seed: int) -> str: ...
-    def query(
-        self, scene: dict[str, Any], trajectory: dict[str, Any], answer: str, seed: int
-    ) -> str: ...
     def assemble(
         self,
         row_id: str,
@@ -62,6 +58,17 @@ class Teacher(Protocol):
         answer: str,
         query: str,
     ) -> Episode: ...
+
+
+class RowTeacher(Teacher, Protocol):
+    """A teacher whose steps are functions of one row's JSON-able dicts."""
+
+    def scene(self, seed: int) -> dict[str, Any]: ...
+    def trajectory(self, scene: dict[str, Any], seed: int) -> dict[str, Any]: ...
+    def answer(self, scene: dict[str, Any], trajectory: dict[str, Any], seed: int) -> str: ...
+    def query(
+        self, scene: dict[str, Any], trajectory: dict[str, Any], answer: str, seed: int
+    ) -> str: ...
 
 
 class SchemaTeacher:
@@ -75,9 +82,11 @@ class SchemaTeacher:
         window: int = 20,
         n_tools: tuple[int, int] = (7, 10),
         n_constraints: tuple[int, int] = (4, 7),
+        n_calls: tuple[int, int] = (4, 7),
     ):
         self.catalog = catalog
         self.window, self.n_tools, self.n_constraints = window, tuple(n_tools), tuple(n_constraints)
+        self.n_calls = tuple(n_calls)
 
     def scene(self, seed: int) -> dict[str, Any]:
         from ttpa_ray.construct.schema_teacher import step_scene
@@ -93,7 +102,7 @@ class SchemaTeacher:
     def trajectory(self, scene: dict[str, Any], seed: int) -> dict[str, Any]:
         from ttpa_ray.construct.schema_teacher import step_trajectory
 
-        return step_trajectory(scene, seed, self.catalog)
+        return step_trajectory(scene, seed, self.catalog, self.n_calls)
 
     def answer(self, scene: dict[str, Any], trajectory: dict[str, Any], seed: int) -> str:
         from ttpa_ray.construct.schema_teacher import step_answer
@@ -137,32 +146,97 @@ def _catalog(source: str) -> tuple[ToolSpec, ...]:
     return tuple(cat.tools)
 
 
-def make_teacher(config: dict[str, Any]) -> Teacher:
-    """Build the teacher a `ConstructConfig` (as a dict) asks for, with its catalog."""
-    kind = config["teacher"]["kind"]
-    if kind != "schema":
-        raise NotImplementedError(
-            f"teacher {kind!r}: LLM teachers are not wired into construction yet; use 'schema'"
+def make_teacher(config: dict[str, Any], with_engine: bool = True) -> Teacher:
+    """Build the teacher a `ConstructConfig` (as a dict) asks for, with its catalog.
+
+    LLM teachers load their model lazily (on the first step), and not at all with
+    `with_engine=False` (workers that only assemble episodes). `vllm` has no in-process
+    engine: its steps run as Ray Data LLM processors (`construct/vllm_stage.py`).
+    """
+    t = config["teacher"]
+    catalog = list(_catalog(config["catalog"]))
+    if t["kind"] == "schema":
+        return SchemaTeacher(
+            catalog,
+            config["window"],
+            tuple(config["n_tools"]),
+            tuple(config["n_constraints"]),
+            tuple(config["n_calls"]),
         )
-    return SchemaTeacher(
-        list(_catalog(config["catalog"])),
-        config["window"],
-        tuple(config["n_tools"]),
-        tuple(config["n_constraints"]),
+    from ttpa_ray.construct.llm_teacher import LLMSettings, LLMTeacher
+    from ttpa_ray.engines.base import GenerationParams
+
+    params = GenerationParams(
+        max_tokens=t["max_tokens"],
+        temperature=t["temperature"],
+        top_p=t["top_p"],
+        seed=config["seed"],
     )
+    settings = LLMSettings(
+        window=config["window"],
+        n_tools=tuple(config["n_tools"]),
+        n_constraints=tuple(config["n_constraints"]),
+        n_calls=tuple(config["n_calls"]),
+        repair=t["repair"],
+    )
+    factory = _engine_factory(t) if with_engine and t["kind"] != "vllm" else None
+    return LLMTeacher(t["kind"], catalog, factory, params, settings)
 
 
-def _fail(row: dict[str, Any], step: str, reason: str) -> None:
+def _engine_factory(t: dict[str, Any]) -> Any:
+    from ttpa_ray.engines.base import make_engine
+
+    if t["kind"] == "hf":
+        return lambda: make_engine(
+            "hf",
+            model_path=t["model"],
+            device=t["device"],
+            dtype=t["dtype"],
+            batch_size=t["batch_size"],
+            max_prompt_tokens=t["max_prompt_tokens"],
+        )
+    if t["kind"] == "openai":
+        key_env = t.get("api_key_env")
+        if key_env and key_env not in os.environ:
+            raise ValueError(f"teacher.api_key_env: environment variable {key_env} is not set")
+        return lambda: make_engine(
+            "openai",
+            base_url=t["base_url"],
+            model=t["model"],
+            api_key=os.environ[key_env] if key_env else None,
+            max_concurrency=t["max_concurrency"],
+            max_retries=t["max_retries"],
+            timeout_s=t["timeout_s"],
+        )
+    raise ValueError(f"teacher kind {t['kind']!r} has no in-process engine")
+
+
+def fail(row: dict[str, Any], step: str, reason: str) -> None:
+    """Mark `row` as discarded at `step`; later steps pass it through."""
     row["_quarantine_reason"] = f"{step}: {reason}"
     row["_failed_step"] = step
 
 
-def run_step(teacher: Teacher, step: str, row: dict[str, Any]) -> dict[str, Any]:
+def add_seconds(row: dict[str, Any], step: str, seconds: float) -> None:
+    """Add `seconds` to the row's time for `step` (for the per-step time split)."""
+    times = json.loads(row["_seconds"]) if row.get("_seconds") else {}
+    times[step] = times.get(step, 0.0) + seconds
+    row["_seconds"] = json.dumps(times)
+
+
+def step_rows(teacher: Teacher, step: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run `step` over a batch: batched for teachers with `step_batch`, else row by row."""
+    batch_fn = getattr(teacher, "step_batch", None)
+    if batch_fn is not None:
+        return list(batch_fn(step, rows))
+    return [run_step(teacher, step, r) for r in rows]  # type: ignore[arg-type]
+
+
+def run_step(teacher: RowTeacher, step: str, row: dict[str, Any]) -> dict[str, Any]:
     """Run one step on one row in place. Errors become the row's quarantine reason:
     `Restart` (the teacher gave up, the paper's restart signal) and any teacher error."""
     if row.get("_quarantine_reason"):
         return row
-    seconds = json.loads(row["_seconds"]) if row.get("_seconds") else {}
     t0 = time.perf_counter()
     try:
         seed = int(row["seed"])
@@ -182,9 +256,8 @@ def run_step(teacher: Teacher, step: str, row: dict[str, Any]) -> dict[str, Any]
             raise ValueError(f"unknown step {step!r}; expected one of {STEPS}")
     except Exception as e:  # noqa: BLE001 - a failed episode is quarantined, never fatal
         kind = "restart" if type(e).__name__ == "Restart" else f"teacher_error:{type(e).__name__}"
-        _fail(row, step, f"{kind}: {e}")
-    seconds[step] = time.perf_counter() - t0
-    row["_seconds"] = json.dumps(seconds)
+        fail(row, step, f"{kind}: {e}")
+    add_seconds(row, step, time.perf_counter() - t0)
     return row
 
 
@@ -209,13 +282,13 @@ def finish_row(teacher: Teacher, row: dict[str, Any]) -> dict[str, Any]:
                 for err in call_errors({"name": c.name, "arguments": c.arguments}, ep.tools)
             ]
             if errors:
-                _fail(row, "validate", "invalid call: " + "; ".join(errors[:3]))
+                fail(row, "validate", "invalid call: " + "; ".join(errors[:3]))
             elif not any(m.tool_calls for m in ep.messages):
-                _fail(row, "validate", "episode has no tool call")
+                fail(row, "validate", "episode has no tool call")
             else:
                 out.update(ep.to_row())
         except Exception as e:  # noqa: BLE001
-            _fail(row, "assemble", f"teacher_error:{type(e).__name__}: {e}")
+            fail(row, "assemble", f"teacher_error:{type(e).__name__}: {e}")
     if row.get("_quarantine_reason"):
         out["_quarantine_reason"] = row["_quarantine_reason"]
         out["_failed_step"] = row["_failed_step"]

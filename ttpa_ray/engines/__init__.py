@@ -17,15 +17,22 @@ from ttpa_ray.engines.base import (
     TextEngine,
     make_engine,
 )
-from ttpa_ray.engines.json_output import extract_json, generate_json
+from ttpa_ray.engines.json_output import (
+    JSONResult,
+    extract_json,
+    generate_json,
+    generate_json_batch,
+)
 
 __all__ = [
     "ENGINE_KINDS",
     "ChatRequest",
     "EngineError",
     "GenerationParams",
+    "JSONResult",
     "TextEngine",
     "extract_json",
     "generate_json",
+    "generate_json_batch",
     "make_engine",
 ]

@@ -12,10 +12,10 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ttpa_ray.engines.base import ChatRequest, GenerationParams, TextEngine
+from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams, TextEngine
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n?(.*?)```", re.DOTALL)
 # Bounds the scan of a long non-JSON text (each '{'/'[' is one decode attempt).
@@ -81,7 +81,8 @@ def extract_json(text: Any) -> tuple[Any | None, str | None]:
         return None, f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _check(text: str, validate: Callable[[Any], list[str]]) -> tuple[Any | None, list[str]]:
+def check_reply(text: str, validate: Callable[[Any], list[str]]) -> tuple[Any | None, list[str]]:
+    """The JSON in `text` if `validate` accepts it: `(value, [])`, else `(None, errors)`."""
     value, reason = extract_json(text)
     if reason is not None:
         return None, [reason]
@@ -113,6 +114,96 @@ def repair_request(request: ChatRequest, bad_output: str, errors: list[str]) -> 
     )
 
 
+@dataclass
+class JSONResult:
+    """The outcome of one request of `generate_json_batch`.
+
+    `value` is set when a completion passed validation. Otherwise `reasons` lists why each
+    attempt failed (`attempt k: ...`), or `engine_error` says the engine could not serve
+    the request at all. `attempts`: generations made for this request (1 or 2).
+    """
+
+    value: Any = None
+    reasons: list[str] = field(default_factory=list)
+    attempts: int = 0
+    engine_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons and self.engine_error is None
+
+
+def _generate_isolated(
+    engine: TextEngine, requests: list[ChatRequest], params: GenerationParams
+) -> list[list[str] | EngineError]:
+    """`engine.generate`, and when the batch fails, each request alone: one bad request
+    (say, a prompt too long) must not fail the others of its batch."""
+    try:
+        return list(engine.generate(requests, params))
+    except EngineError as exc:
+        if len(requests) == 1:
+            return [exc]
+    out: list[list[str] | EngineError] = []
+    for request in requests:
+        try:
+            out.append(engine.generate([request], params)[0])
+        except EngineError as exc:
+            out.append(exc)
+    return out
+
+
+def generate_json_batch(
+    engine: TextEngine,
+    requests: list[ChatRequest],
+    params: GenerationParams,
+    validators: list[Callable[[Any], list[str]]],
+    repair: bool = True,
+) -> list[JSONResult]:
+    """`generate_json` for many requests at once: one batched generation per attempt.
+
+    `validators[i]` checks request i. Requests whose first attempt fails are repaired
+    together in one more batched call (`n=1`). Engine errors are caught per request
+    (`JSONResult.engine_error`), never raised. Results are in request order.
+    """
+    if len(validators) != len(requests):
+        raise ValueError(f"{len(requests)} requests but {len(validators)} validators")
+    results = [JSONResult() for _ in requests]
+    pending = list(range(len(requests)))
+    current = {i: requests[i] for i in pending}
+    max_attempts = 2 if repair else 1
+    for attempt in range(1, max_attempts + 1):
+        if not pending:
+            break
+        outputs = _generate_isolated(engine, [current[i] for i in pending], params)
+        retry: list[int] = []
+        for i, texts in zip(pending, outputs, strict=True):
+            res = results[i]
+            res.attempts = attempt
+            if isinstance(texts, EngineError):
+                res.engine_error = str(texts)
+                continue
+            first_errors: list[str] | None = None
+            for text in texts:
+                value, errors = check_reply(text, validators[i])
+                if not errors:
+                    res.value, res.reasons = value, []
+                    break
+                if first_errors is None:
+                    first_errors = errors
+            else:
+                first_errors = first_errors or ["engine returned no completion"]
+                res.reasons += [f"attempt {attempt}: {e}" for e in first_errors]
+                if attempt < max_attempts:
+                    current[i] = repair_request(
+                        requests[i], texts[0] if texts else "", first_errors
+                    )
+                    retry.append(i)
+        pending = retry
+        # A repair should be the model's best answer: one completion is enough.
+        params = replace(params, n=1)
+    return results
+
+
 def generate_json(
     engine: TextEngine,
     request: ChatRequest,
@@ -128,22 +219,9 @@ def generate_json(
     appended to the conversation. Reasons are prefixed `attempt k:`. Engine errors
     (`EngineError`) propagate.
     """
-    reasons: list[str] = []
-    current = request
-    max_attempts = 2 if repair else 1
-    for attempt in range(1, max_attempts + 1):
-        texts = engine.generate([current], params)[0]
-        first_errors: list[str] | None = None
-        for text in texts:
-            value, errors = _check(text, validate)
-            if not errors:
-                return value, [], attempt
-            if first_errors is None:
-                first_errors = errors
-        first_errors = first_errors or ["engine returned no completion"]
-        reasons += [f"attempt {attempt}: {e}" for e in first_errors]
-        if attempt < max_attempts:
-            current = repair_request(request, texts[0] if texts else "", first_errors)
-            # A repair should be the model's best answer, one completion is enough.
-            params = replace(params, n=1)
-    return None, reasons, max_attempts
+    res = generate_json_batch(engine, [request], params, [validate], repair)[0]
+    if res.engine_error is not None:
+        raise EngineError(res.engine_error)
+    if res.ok:
+        return res.value, [], res.attempts
+    return None, res.reasons, 2 if repair else 1

@@ -85,11 +85,14 @@ def processor_config_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
     }
 
 
-def build_processor_config(cfg: VLLMConfig) -> Any:
-    """A `ray.data.llm.vLLMEngineProcessorConfig` (constructible without vLLM)."""
+def build_processor_config(cfg: VLLMConfig, **overrides: Any) -> Any:
+    """A `ray.data.llm.vLLMEngineProcessorConfig` (constructible without vLLM).
+
+    `overrides` set further processor fields, e.g. `should_continue_on_error=True`.
+    """
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    return vLLMEngineProcessorConfig(**processor_config_kwargs(cfg))
+    return vLLMEngineProcessorConfig(**{**processor_config_kwargs(cfg), **overrides})
 
 
 def render_prompts(tokenizer: Any, requests: list[ChatRequest]) -> list[str]:
