@@ -241,16 +241,25 @@ def _finalize(
     total = StageCounts(
         STAGE, cfg.n_episodes, episodes.num_rows, quarantine.num_rows, round(seconds, 2)
     ).check()
+    write_rows(out / "quarantine.parquet", quarantine.to_pylist(), QUARANTINE_SCHEMA)
     if episodes.num_rows == 0:
+        # The accounting is still written: it is what tells the user why.
+        write_manifest(
+            out,
+            [total, *counts],
+            config=cfg.model_dump(mode="json"),
+            extra={"quarantined": quarantine.num_rows, "quarantine_reasons": _reason_counts(quarantine)},
+        )
+        top = ", ".join(f"{k} ×{v}" for k, v in _reason_counts(quarantine).items())
         raise ValueError(
-            f"construct: all {cfg.n_episodes} episodes were quarantined; see {out}/quarantine.parquet"
+            f"construct: all {cfg.n_episodes} episodes were quarantined ({top}); "
+            f"see {out}/quarantine.parquet"
         )
     rows = episodes.to_pylist()
     holdout = pick_holdout_tools(rows, cfg.split.holdout_tools, cfg.seed)
     splits = split_rows(rows, cfg.split.val, cfg.split.test, holdout)
     for name in SPLITS:
         write_rows(out / "episodes" / f"{name}.parquet", splits[name], EPISODE_SCHEMA)
-    write_rows(out / "quarantine.parquet", quarantine.to_pylist(), QUARANTINE_SCHEMA)
     stats = episode_stats(rows)
     extra = {
         "teacher": cfg.teacher.kind,
