@@ -5,7 +5,6 @@ vLLM needs CUDA)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,9 @@ def cfg(teacher: dict[str, Any], **kw: Any) -> ConstructConfig:
 
 
 def all_episodes(out: Path) -> list[dict[str, Any]]:
-    return [r for s in ("train", "val", "test") for r in read_rows(out / "episodes" / f"{s}.parquet")]
+    return [
+        r for s in ("train", "val", "test") for r in read_rows(out / "episodes" / f"{s}.parquet")
+    ]
 
 
 def check_accounting(manifest: dict[str, Any], out: Path, n: int) -> None:
@@ -112,6 +113,7 @@ def test_hf_teacher_on_the_tiny_model(ray_local, tmp_path):
 
 # -- vllm: the real Ray Data LLM Processor around a scripted engine stage -------------------
 
+
 def scripted_processor_factory(scripted: Any, engine_error_every: int = 0) -> Any:
     """`(step, attempt) → Processor`: Ray Data LLM's own `Processor` (preprocess, a stage,
     postprocess; continue-on-error) whose engine stage replies like the scripted model
@@ -125,7 +127,7 @@ def scripted_processor_factory(scripted: Any, engine_error_every: int = 0) -> An
 
     # Ray workers cannot import test modules: ship them by value.
     ray.cloudpickle.register_pickle_by_value(scripted)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    reply = scripted.scripted_reply  # the function, not the module (its dict holds pytest's)
 
     class ScriptedEngineUDF(StatefulStageUDF):
         def __init__(self, data_column: str, expected_input_keys: list[str]) -> None:
@@ -138,19 +140,26 @@ def scripted_processor_factory(scripted: Any, engine_error_every: int = 0) -> An
             for row in rows:
                 turns = re.findall(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>", row["prompt"], re.S)
                 messages = [{"role": r, "content": c} for r, c in turns]
-                out: dict[str, Any] = {"__idx_in_batch": row["__idx_in_batch"]}
-                if row["sampling_params"]["max_tokens"] == 1:  # a dummy row
-                    out["generated_text"] = ""
-                else:
+                # Like vLLM's stage: the same keys on success and on error.
+                out: dict[str, Any] = {
+                    "__idx_in_batch": row["__idx_in_batch"],
+                    "generated_text": "",
+                    "num_generated_tokens": 0,
+                    "__inference_error__": "",
+                }
+                if row["sampling_params"]["max_tokens"] > 1:  # not a dummy row
                     self.seen += 1
                     if engine_error_every and self.seen % engine_error_every == 0:
                         out["__inference_error__"] = "CUDA out of memory (scripted)"
                     else:
-                        out["generated_text"] = scripted.scripted_reply(messages)
+                        out["generated_text"] = reply(messages)
+                        out["num_generated_tokens"] = len(out["generated_text"])
                 yield out
 
     def factory(step: str, attempt: int) -> Any:
-        config = OfflineProcessorConfig(batch_size=8, should_continue_on_error=True)
+        config = OfflineProcessorConfig(
+            model_source="scripted", batch_size=8, should_continue_on_error=True
+        )
         params = GenerationParams(max_tokens=256)
         stage = StatefulStage(
             fn=ScriptedEngineUDF, map_batches_kwargs={"concurrency": 1, "num_cpus": 0.1}
@@ -171,7 +180,9 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
     tools = [t.to_openai() for t in load_builtin().tools[:12]]
-    return create_tiny_model_dir(catalog_texts(tools, examples_per_tool=1), tmp_path_factory.mktemp("tok"))
+    return create_tiny_model_dir(
+        catalog_texts(tools, examples_per_tool=1), tmp_path_factory.mktemp("tok")
+    )
 
 
 @pytest.mark.e2e

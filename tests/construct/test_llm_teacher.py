@@ -19,7 +19,11 @@ CATALOG = load_builtin().tools
 
 def teacher(engine: Any = None, **settings: Any) -> LLMTeacher:
     return LLMTeacher(
-        "test", CATALOG, (lambda: engine) if engine else None, GenerationParams(), LLMSettings(**settings)
+        "test",
+        CATALOG,
+        (lambda: engine) if engine else None,
+        GenerationParams(),
+        LLMSettings(**settings),
     )
 
 
@@ -38,12 +42,28 @@ def test_prompt_files_are_package_data_and_fill_every_field():
     assert set(prompts) == {"system", *STEPS}
     ep = build_episode(3, CATALOG)
     t = teacher()
-    scene = {"scenario": ep.scenario, "constraints": ep.constraints, "tools": [x["function"]["name"] for x in ep.tools]}
+    scene = {
+        "scenario": ep.scenario,
+        "constraints": ep.constraints,
+        "tools": [x["function"]["name"] for x in ep.tools],
+    }
     calls = [m for m in ep.messages if m.tool_calls]
     trajectory = {
-        "turns": [{"calls": [{"name": c.name, "arguments": c.arguments} for c in m.tool_calls], "results": [{}] * len(m.tool_calls)} for m in calls]
+        "turns": [
+            {
+                "calls": [{"name": c.name, "arguments": c.arguments} for c in m.tool_calls],
+                "results": [{}] * len(m.tool_calls),
+            }
+            for m in calls
+        ]
     }
-    row = {"id": "x", "seed": 3, "scene": json.dumps(scene), "trajectory": json.dumps(trajectory), "answer": "Done."}
+    row = {
+        "id": "x",
+        "seed": 3,
+        "scene": json.dumps(scene),
+        "trajectory": json.dumps(trajectory),
+        "answer": "Done.",
+    }
     texts = {s: t.request(s, row).messages[1]["content"] for s in STEPS}
     for s, text in texts.items():
         assert not re.search(r"\$\{?[a-z_]+\}?(?![\"\w])", text), f"unfilled field in {s}"
@@ -51,7 +71,9 @@ def test_prompt_files_are_package_data_and_fill_every_field():
     window = t.window(3)
     assert 0 < len(window) <= 20 and all(f"- {w.name}: " in texts["scene"] for w in window)
     assert ep.constraints[0] in texts["trajectory"] and ep.constraints[0] in texts["query"]
-    assert all(json.dumps(ep.tools[0]["function"]["parameters"])[:40] in texts["trajectory"] for _ in [0])
+    assert all(
+        json.dumps(ep.tools[0]["function"]["parameters"])[:40] in texts["trajectory"] for _ in [0]
+    )
     assert "Done." in texts["query"] and '"results"' not in texts["query"]
     # the window is the schema teacher's: same seed, same candidate tools
     assert [w.name for w in t.window(3)] == [w.name for w in teacher().window(3)]
@@ -66,7 +88,9 @@ def test_scene_and_trajectory_validators_name_each_problem():
     good = {"scenario": "s", "constraints": ["a", "b", "c", "d"], "tools": window[:7]}
     assert check(good) == []
     assert check({"restart": "no"}) == []  # a restart is a valid reply (handled by parse)
-    errors = check({"scenario": "", "constraints": ["a"], "tools": [*window[:5], "nope", window[0]]})
+    errors = check(
+        {"scenario": "", "constraints": ["a"], "tools": [*window[:5], "nope", window[0]]}
+    )
     text = " | ".join(errors)
     for part in ("'scenario'", "1", "not in the list", "repeats", "7 to 10"):
         assert part in text
@@ -80,7 +104,9 @@ def test_scene_and_trajectory_validators_name_each_problem():
     errors = " | ".join(check(bad))
     assert "unknown tool 'unknown_tool'" in errors and "one result per call" in errors
     assert "need 4 to 7 calls in all, got 1" not in errors  # a single call is allowed
-    assert "need 4 to 7 calls" in " | ".join(teacher(allow_single_call=False).validator("trajectory", scene_row)(bad))
+    assert "need 4 to 7 calls" in " | ".join(
+        teacher(allow_single_call=False).validator("trajectory", scene_row)(bad)
+    )
 
 
 def test_step_batch_repairs_quarantines_and_counts_add_up(scripted_engine):
@@ -148,7 +174,9 @@ def test_make_teacher_builds_llm_teachers_lazily(tmp_path, monkeypatch):
 
     with pytest.raises(EngineError, match="model directory not found"):
         t.engine  # noqa: B018 - the first step loads the model
-    oa = TeacherConfig(kind="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="TTPA_TEST_KEY").model_dump()
+    oa = TeacherConfig(
+        kind="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="TTPA_TEST_KEY"
+    ).model_dump()
     with pytest.raises(ValueError, match="TTPA_TEST_KEY is not set"):
         make_teacher({**base, "teacher": oa})
     monkeypatch.setenv("TTPA_TEST_KEY", "k")

@@ -248,7 +248,10 @@ def _finalize(
             out,
             [total, *counts],
             config=cfg.model_dump(mode="json"),
-            extra={"quarantined": quarantine.num_rows, "quarantine_reasons": _reason_counts(quarantine)},
+            extra={
+                "quarantined": quarantine.num_rows,
+                "quarantine_reasons": _reason_counts(quarantine),
+            },
         )
         top = ", ".join(f"{k} ×{v}" for k, v in _reason_counts(quarantine).items())
         raise ValueError(

@@ -1,8 +1,8 @@
 """The `vllm` teacher: each construction step as a Ray Data LLM processor (CUDA + vLLM).
 
-Per step and attempt: `RenderPrompts` (an actor with the tokenizer: our own chat-template
+Per step and attempt: `RenderPrompts` (a task with the cached tokenizer: our own chat-template
 rendering, since Ray Data LLM does not pass a row's tools to its template) → a
-`vLLMEngineProcessorConfig` processor → `ParseReplies` (validation, repair bookkeeping,
+`vLLMEngineProcessorConfig` processor → ``parse_row`` (validation, repair bookkeeping,
 quarantine). Attempt 2 is the repair round (`teacher.repair`): only rows whose first reply
 was unusable are generated again, with their errors in the conversation.
 
@@ -80,11 +80,13 @@ def preprocess(row: dict[str, Any], params: GenerationParams) -> dict[str, Any]:
 
 
 def postprocess(row: dict[str, Any]) -> dict[str, Any]:
-    """Our columns back, plus the reply text (`_text`)."""
-    out = {k: row.get(k) for k in CARRY}
-    out["_text"] = str(row.get("generated_text") or "")
-    out["__inference_error__"] = str(row.get("__inference_error__") or "")
-    return out
+    """The row as the engine stage left it (ours + `generated_text` + vLLM's fields).
+
+    Kept whole on purpose: rows that fail in the engine bypass postprocess and keep
+    every key, so a success row with fewer keys would make the blocks' schemas differ
+    (the first row's keys win and `generated_text` would be lost).
+    """
+    return {**row, "generated_text": str(row.get("generated_text") or "")}
 
 
 def default_processor_factory(cfg: ConstructConfig) -> ProcessorFactory:
@@ -108,20 +110,16 @@ def default_processor_factory(cfg: ConstructConfig) -> ProcessorFactory:
 
 
 class RenderPrompts:
-    """Actor stage: render each row's request for `step` with the model's chat template.
+    """Render each row's request for `step` with the model's chat template.
 
     `attempt` 1 renders rows still alive; attempt 2 renders the repair conversation of
-    rows that `ParseReplies` flagged, and dummies for the rest.
+    rows that ``parse_row`` flagged, and dummies for the rest.
     """
 
     def __init__(self, step: str, config_json: str, attempt: int, tokenizer_path: str) -> None:
-        from transformers import AutoTokenizer
-
         self.step, self.attempt = step, attempt
-        self.teacher: Any = make_teacher(json.loads(config_json), with_engine=False)
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"the tokenizer of {tokenizer_path} has no chat template")
+        self.teacher: Any = _teacher(config_json)
+        self.tokenizer = _tokenizer(tokenizer_path)
         eos = self.tokenizer.eos_token_id
         self.dummy_ids = [int(eos if eos is not None else 0)]
 
@@ -147,8 +145,24 @@ class RenderPrompts:
         row.update(_active=True, _prompt=text, _prompt_ids=list(ids))
         return row
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return pa.Table.from_pylist([self.render_row(r) for r in batch.to_pylist()], STEP_SCHEMA)
+
+def _render_batch(
+    batch: pa.Table, step: str, config_json: str, attempt: int, tokenizer_path: str
+) -> pa.Table:
+    # A task, not an actor: actors would hold CPUs for the whole run, and with two
+    # renders per step they starve a small machine; the tokenizer is cached per worker.
+    render = RenderPrompts(step, config_json, attempt, tokenizer_path)
+    return pa.Table.from_pylist([render.render_row(r) for r in batch.to_pylist()], STEP_SCHEMA)
+
+
+@functools.cache
+def _tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"the tokenizer of {path} has no chat template")
+    return tokenizer
 
 
 def parse_row(
@@ -163,7 +177,7 @@ def parse_row(
     if error:
         fail(out, step, f"teacher_error:EngineError: {error}")
         return out
-    text = str(row.get("_text") or "")
+    text = str(row.get("generated_text") or "")
     earlier = json.loads(str(out["_repair"]))["reasons"] if out.get("_repair") else []
     value, errors = check_reply(text, teacher.validator(step, out))
     out["_repair"] = None
@@ -184,13 +198,13 @@ def parse_row(
 def _parse_batch(
     batch: pa.Table, step: str, config_json: str, attempt: int, last: bool
 ) -> pa.Table:
-    teacher = _parse_teacher(config_json)
+    teacher = _teacher(config_json)
     rows = [parse_row(teacher, step, r, attempt, last) for r in batch.to_pylist()]
     return pa.Table.from_pylist(rows, schema=STEP_SCHEMA)
 
 
 @functools.cache
-def _parse_teacher(config_json: str) -> Any:
+def _teacher(config_json: str) -> Any:
     return make_teacher(json.loads(config_json), with_engine=False)
 
 
@@ -211,8 +225,8 @@ def vllm_steps(
     for step in STEPS:
         for attempt in range(1, attempts + 1):
             ds = ds.map_batches(
-                RenderPrompts,
-                fn_constructor_args=(step, config_json, attempt, t.model),
+                _render_batch,
+                fn_args=(step, config_json, attempt, t.model),
                 concurrency=cfg.workers,
                 **cpu,
             )
