@@ -103,8 +103,28 @@ def _cmd_construct(args: argparse.Namespace) -> int:
         updates["n_episodes"] = args.n
     if args.workers:
         updates["workers"] = args.workers
+    teacher = {
+        k: v
+        for k, v in (
+            ("kind", args.teacher),
+            ("model", args.teacher_model),
+            ("base_url", args.base_url),
+        )
+        if v
+    }
+    if teacher:
+        updates["teacher"] = {**cfg.teacher.model_dump(), **teacher}
     if updates:
-        cfg = type(cfg).model_validate({**cfg.model_dump(), **updates})
+        from pydantic import ValidationError
+
+        from ttpa_ray.config import describe
+
+        try:
+            cfg = type(cfg).model_validate({**cfg.model_dump(), **updates})
+        except ValidationError as e:
+            raise UsageError(
+                f"invalid construct settings:\n  {describe(e, 'construct.')}"
+            ) from None
     manifest = run_construct(cfg, args.out)
     print(
         f"episodes: {manifest['splits']} quarantined: {manifest['quarantined']} "
@@ -188,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--catalog", help="builtin | bfcl | a tools FILE (overrides the config)")
     c.add_argument("--n", type=int, help="number of episodes (overrides the config)")
     c.add_argument("--workers", type=int, help="Ray Data workers per step (overrides the config)")
+    c.add_argument(
+        "--teacher", choices=["schema", "hf", "vllm", "openai"], help="teacher kind (overrides)"
+    )
+    c.add_argument("--teacher-model", help="teacher model dir (hf, vllm) or name (openai)")
+    c.add_argument("--base-url", help="openai teacher: endpoint, e.g. http://127.0.0.1:8000/v1")
     c.add_argument("--out", required=True, help="output directory (re-running resumes)")
     c.set_defaults(func=_cmd_construct)
 

@@ -136,5 +136,11 @@ def load_config(path: str | Path | None) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ValueError(f"{path}: invalid config:\n  " + "\n  ".join(lines)) from None
+        raise ValueError(f"{path}: invalid config:\n  {describe(e)}") from None
+
+
+def describe(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming its field (`construct.teacher: ...`)."""
+    return "\n  ".join(
+        f"{prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in error.errors()
+    )

@@ -133,3 +133,13 @@ def test_config_validation_names_the_field(tmp_path):
     with pytest.raises(ValueError, match="val \\+ test"):
         ConstructConfig.model_validate({"split": {"val": 0.6, "test": 0.5}})
     assert load_config("configs/tiny-cpu.yaml").construct.teacher.kind == "schema"
+
+
+def test_every_shipped_config_validates_and_says_how_to_run_it():
+    from pathlib import Path
+
+    configs = sorted(Path("configs").glob("*.yaml"))
+    assert len(configs) >= 3
+    for path in configs:
+        assert "ttpa-ray " in path.read_text().splitlines()[0], path
+        load_config(path)
