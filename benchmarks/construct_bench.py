@@ -33,7 +33,7 @@ def timed(cfg: ConstructConfig) -> tuple[float, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--episodes", type=int, default=1000)
+    ap.add_argument("--episodes", type=int, default=4000)
     args = ap.parse_args()
     base = {"n_episodes": args.episodes, "shard_size": args.episodes, "num_cpus": 0.5}
     print(

@@ -22,11 +22,11 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from ttpa_ray.construct.schema_teacher import SYSTEM_PROMPT, Restart, sample_window
+from ttpa_ray.construct.schema_teacher import Restart, assemble_episode, sample_window
 from ttpa_ray.construct.steps import add_seconds, fail
 from ttpa_ray.engines.base import ChatRequest, GenerationParams, TextEngine
 from ttpa_ray.engines.json_output import generate_json_batch
-from ttpa_ray.schema.records import Episode, Message, ToolCall
+from ttpa_ray.schema.records import Episode
 from ttpa_ray.schema.tools import ToolSpec
 from ttpa_ray.schema.validate import call_errors
 
@@ -334,30 +334,9 @@ class LLMTeacher:
         answer: str,
         query: str,
     ) -> Episode:
-        """user(query) → per turn: assistant(tool_calls) + tool results → answer."""
-        messages = [Message("user", query)]
-        for turn in trajectory["turns"]:
-            calls = [ToolCall(c["name"], c["arguments"], c["id"]) for c in turn["calls"]]
-            messages.append(Message("assistant", None, tool_calls=calls))
-            for c, r in zip(turn["calls"], turn["results"], strict=True):
-                content = json.dumps(r, ensure_ascii=False)
-                messages.append(Message("tool", content, tool_call_id=c["id"], name=c["name"]))
-        messages.append(Message("assistant", answer))
-        return Episode(
-            id=row_id,
-            system=SYSTEM_PROMPT,
-            tools=[self.specs[n].to_openai() for n in scene["tools"] if n in self.specs],
-            messages=messages,
-            scenario=scene["scenario"],
-            constraints=list(scene["constraints"]),
-            teacher=self.name,
-            seed=seed,
-            meta={
-                "generation_order": list(STEPS),
-                "memory_reuse": trajectory["memory_reuse"],
-                "n_calls": trajectory["n_calls"],
-                "domain": scene.get("domain"),
-            },
+        """The episode, as every teacher assembles it (`schema_teacher.assemble_episode`)."""
+        return assemble_episode(
+            row_id, seed, scene, trajectory, answer, query, self.catalog, teacher=self.name
         )
 
 

@@ -379,8 +379,11 @@ def assemble_episode(
     answer: str,
     query: str,
     catalog: list[ToolSpec],
+    teacher: str = "schema",
 ) -> Episode:
-    """user(query) → per turn: assistant(tool_calls) + one tool message per call → answer."""
+    """user(query) → per turn: assistant(tool_calls) + one tool message per call → answer.
+
+    Shared by every teacher (`teacher` is recorded on the episode)."""
     specs = {t.name: t for t in catalog}
     messages = [Message("user", query)]
     for turn in trajectory["turns"]:
@@ -397,13 +400,13 @@ def assemble_episode(
         messages=messages,
         scenario=scene["scenario"],
         constraints=list(scene["constraints"]),
-        teacher="schema",
+        teacher=teacher,
         seed=seed,
         meta={
             "generation_order": ["scene", "trajectory", "answer", "query"],
             "memory_reuse": trajectory["memory_reuse"],
             "n_calls": trajectory["n_calls"],
-            "domain": scene["domain"],
+            "domain": scene.get("domain"),
         },
     )
 

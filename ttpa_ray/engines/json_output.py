@@ -8,33 +8,21 @@ its own output. Pure Python (no torch, no Ray).
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams, TextEngine
+from ttpa_ray.schema.tool_call_text import STRICT_JSON_DECODER
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n?(.*?)```", re.DOTALL)
 # Bounds the scan of a long non-JSON text (each '{'/'[' is one decode attempt).
 _MAX_CANDIDATES = 256
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON constant {name}")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} overflows a float")
-    return value
-
-
 # Strict JSON: NaN/Infinity (which `json` accepts by default) are rejected.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_DECODER = STRICT_JSON_DECODER
 
 
 def _first_json(text: str) -> tuple[Any | None, str | None]:

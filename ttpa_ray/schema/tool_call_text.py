@@ -60,6 +60,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Strict JSON for every parser of model output (also `engines.json_output`).
+STRICT_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def _loads_strict(text: str) -> Any:
     """`json.loads` without NaN/Infinity. Raises ValueError (or RecursionError)."""
     return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
