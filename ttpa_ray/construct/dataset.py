@@ -75,13 +75,13 @@ def episode_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_card(out: Path, stats: dict[str, Any], manifest: dict[str, Any]) -> Path:
-    """`card.md` plus two plots (calls per episode, tool coverage) next to the data."""
+    """`card.md` plus plots (calls per episode, tool coverage, argument types) next to the data."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), width_ratios=[1, 2.2, 1])
     cpe = stats["calls_per_episode"]
     axes[0].bar([str(k) for k in cpe], list(cpe.values()), color="#4C72B0")
     axes[0].set(title="tool calls per episode", xlabel="calls", ylabel="episodes")
@@ -91,6 +91,9 @@ def write_card(out: Path, stats: dict[str, Any], manifest: dict[str, Any]) -> Pa
         title=f"tool coverage (top {len(top)} of {stats['tools_called']})", ylabel="episodes"
     )
     axes[1].tick_params(axis="x", labelrotation=90, labelsize=6)
+    types = stats["argument_types"]
+    axes[2].bar(list(types), list(types.values()), color="#C44E52")
+    axes[2].set(title="argument value types", xlabel="JSON type (Python name)", ylabel="arguments")
     fig.tight_layout()
     fig.savefig(out / "card_stats.png", dpi=110)
     plt.close(fig)
@@ -114,6 +117,13 @@ def write_card(out: Path, stats: dict[str, Any], manifest: dict[str, Any]) -> Pa
         f"- episodes reusing an earlier result in a later call: {stats['share_memory_reuse']:.1%}",
         f"- episodes with a parallel-call turn: {stats['share_parallel_turn']:.1%}",
         f"- argument value types: {stats['argument_types']}",
+        f"- quarantine reasons: {manifest.get('quarantine_reasons') or 'none'}",
+        "- rows per step (in / out / quarantined): "
+        + "; ".join(
+            f"{st['stage'].split('.')[-1]} {st['rows_in']}/{st['rows_out']}/{st['rows_quarantined']}"
+            for st in manifest.get("stages", [])
+            if "." in st["stage"]
+        ),
         "",
         "![stats](card_stats.png)",
         "",

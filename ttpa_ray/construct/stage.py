@@ -103,7 +103,7 @@ def run_shard(cfg: ConstructConfig, seeds: list[int], processor_factory: Any = N
         # Task-based stages: the schema teacher is cheap to build (cached per worker) and
         # consecutive task stages fuse into one task per block.
         remote: dict[str, Any] = {
-            "concurrency": cfg.workers,
+            "compute": ray.data.TaskPoolStrategy(size=cfg.workers),
             "num_cpus": cfg.num_cpus,
             "batch_format": "pyarrow",
         }
@@ -117,7 +117,7 @@ def run_shard(cfg: ConstructConfig, seeds: list[int], processor_factory: Any = N
         ds = ds.map_batches(
             _finish_batch,
             fn_args=(config_json,),
-            concurrency=cfg.workers,
+            compute=ray.data.TaskPoolStrategy(size=cfg.workers),
             num_cpus=cfg.num_cpus,
             batch_format="pyarrow",
         )
@@ -127,7 +127,7 @@ def run_shard(cfg: ConstructConfig, seeds: list[int], processor_factory: Any = N
             ds = ds.map_batches(
                 LLMStepStage,
                 fn_constructor_args=(name, config_json, name == STEPS[-1]),
-                concurrency=cfg.workers,
+                compute=ray.data.ActorPoolStrategy(size=cfg.workers),
                 num_cpus=cfg.num_cpus,
                 num_gpus=cfg.teacher.num_gpus or None,
                 batch_size=cfg.teacher.batch_size,

@@ -221,20 +221,24 @@ def vllm_steps(
     t = cfg.teacher
     assert t.model is not None
     attempts = 2 if t.repair else 1
-    cpu = {"num_cpus": cfg.num_cpus, "batch_format": "pyarrow"}
+    import ray.data
+
+    cpu = {
+        "num_cpus": cfg.num_cpus,
+        "batch_format": "pyarrow",
+        "compute": ray.data.TaskPoolStrategy(size=cfg.workers),
+    }
     for step in STEPS:
         for attempt in range(1, attempts + 1):
             ds = ds.map_batches(
                 _render_batch,
                 fn_args=(step, config_json, attempt, t.model),
-                concurrency=cfg.workers,
                 **cpu,
             )
             ds = factory(step, attempt)(ds)
             ds = ds.map_batches(
                 _parse_batch,
                 fn_args=(step, config_json, attempt, attempt == attempts),
-                concurrency=cfg.workers,
                 **cpu,
             )
     return ds.map_batches(_to_rows, **cpu)
