@@ -127,3 +127,16 @@ def test_construct_and_export_cli(tmp_path):
         timeout=120,
     )
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_bad_inputs_fail_in_the_driver_with_clear_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"type": "function", "function": {"name": "bad tool!", "parameters": {}}}]')
+    with pytest.raises(ValueError, match=r"no valid tools: 1 invalid, e\.g\. tool 'bad tool!'"):
+        run_construct(cfg(catalog=str(bad)), tmp_path / "a", progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_construct(cfg(catalog=str(tmp_path / "missing.json")), tmp_path / "b", progress=False)
+    hf = {"kind": "hf", "model": str(tmp_path / "no-model")}
+    with pytest.raises(FileNotFoundError, match="teacher.model: model directory"):
+        run_construct(cfg(teacher=hf), tmp_path / "c", progress=False)
+    assert not (tmp_path / "a" / "shards").exists()  # nothing started

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from functools import cache
 from pathlib import Path
@@ -182,6 +183,7 @@ def run_construct(
 
     out = Path(out)
     t0 = time.perf_counter()
+    _check_inputs(cfg)
     key = _shard_key(cfg)
     starts = list(range(0, cfg.n_episodes, cfg.shard_size))
     ran = skipped = 0
@@ -213,6 +215,25 @@ def run_construct(
         bar.set_postfix(episodes=ok.num_rows, quarantined=bad.num_rows)
     bar.close()
     return _finalize(cfg, out, shards, key, ran, skipped, time.perf_counter() - t0)
+
+
+def _check_inputs(cfg: ConstructConfig) -> None:
+    """Fail in the driver, with a clear message, on what every worker would fail on."""
+    from ttpa_ray.construct.steps import _catalog
+
+    tools = _catalog(cfg.catalog)  # FileNotFoundError / ValueError naming the file
+    if len(tools) < cfg.n_tools[0]:
+        log.warning(
+            "catalog %r has %d tools, fewer than n_tools min %d: scenes offer all of them",
+            cfg.catalog,
+            len(tools),
+            cfg.n_tools[0],
+        )
+    t = cfg.teacher
+    if t.kind == "hf" and not Path(str(t.model)).is_dir():
+        raise FileNotFoundError(f"teacher.model: model directory {t.model} does not exist")
+    if t.kind == "openai" and t.api_key_env and t.api_key_env not in os.environ:
+        raise ValueError(f"teacher.api_key_env: environment variable {t.api_key_env} is not set")
 
 
 def _finalize(

@@ -9,6 +9,7 @@ so each stage keeps one output row per input row and the counts add up.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from functools import cache
@@ -20,6 +21,7 @@ from ttpa_ray.schema.records import EPISODE_SCHEMA, Episode
 from ttpa_ray.schema.tools import ToolSpec
 from ttpa_ray.schema.validate import call_errors
 
+log = logging.getLogger("ttpa_ray")
 STEPS = ("scene", "trajectory", "answer", "query")
 
 ROW_SCHEMA = pa.schema(
@@ -142,7 +144,14 @@ def _catalog(source: str) -> tuple[ToolSpec, ...]:
         else load_file(source)
     )
     if not cat.tools:
-        raise ValueError(f"catalog {source!r} has no valid tools")
+        why = (
+            f": {len(cat.quarantine)} invalid, e.g. {cat.quarantine[0].reason}"
+            if cat.quarantine
+            else ""
+        )
+        raise ValueError(f"catalog {source!r} has no valid tools{why}")
+    if cat.quarantine:
+        log.warning("catalog %r: %d invalid tool(s) skipped", source, len(cat.quarantine))
     return tuple(cat.tools)
 
 
