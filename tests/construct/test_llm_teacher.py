@@ -184,3 +184,27 @@ def test_make_teacher_builds_llm_teachers_lazily(tmp_path, monkeypatch):
     vl = TeacherConfig(kind="vllm", model="m").model_dump()
     with pytest.raises(RuntimeError, match="without an engine"):
         make_teacher({**base, "teacher": vl}).engine  # noqa: B018
+
+
+def test_query_coverage_counts_values_no_result_provides():
+    t = teacher()
+    name = CATALOG[0].name
+    reply = {
+        "turns": [
+            {
+                "calls": [{"name": name, "arguments": {"city": "Lisbon", "n": 3}}],
+                "results": [{"id": "h-1"}],
+            },
+            {
+                "calls": [{"name": name, "arguments": {"ref": "h-1", "city": "Lisbon"}}],
+                "results": [{}],
+            },
+        ]
+    }
+    traj = t._normalise(reply, 0)
+    assert traj["given"] == ["Lisbon", 3] and traj["memory_reuse"] == 1
+    scene = {"scenario": "s", "constraints": ["c"], "tools": [name], "domain": "x"}
+    full = t.assemble("e", 0, scene, traj, "ok", "Weather in lisbon for 3 days?")
+    assert full.meta["query_coverage"] == 1.0
+    half = t.assemble("e", 0, scene, traj, "ok", "Weather in Lisbon, please.")
+    assert half.meta["query_coverage"] == 0.5 and half.teacher == "test"

@@ -63,8 +63,11 @@ def episode_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     parallel = sum(
         1 for r in rows if any(len(m.get("tool_calls") or []) > 1 for m in r["messages"])
     )
+    coverage = [m["query_coverage"] for m in metas if "query_coverage" in m]
     return {
         "episodes": len(rows),
+        # LLM teachers: mean share of user-given values the query states verbatim
+        "query_coverage": sum(coverage) / len(coverage) if coverage else None,
         "calls_per_episode": dict(sorted(Counter(calls_per).items())),
         "tools_called": len(tools),
         "tool_counts": dict(tools.most_common()),
@@ -117,6 +120,11 @@ def write_card(out: Path, stats: dict[str, Any], manifest: dict[str, Any]) -> Pa
         f"- episodes reusing an earlier result in a later call: {stats['share_memory_reuse']:.1%}",
         f"- episodes with a parallel-call turn: {stats['share_parallel_turn']:.1%}",
         f"- argument value types: {stats['argument_types']}",
+        *(
+            [f"- query states the user-given values (mean share): {stats['query_coverage']:.1%}"]
+            if stats.get("query_coverage") is not None
+            else []
+        ),
         f"- quarantine reasons: {manifest.get('quarantine_reasons') or 'none'}",
         "- rows per step (in / out / quarantined): "
         + "; ".join(

@@ -268,22 +268,26 @@ class LLMTeacher:
 
     @staticmethod
     def _normalise(value: dict[str, Any], seed: int) -> dict[str, Any]:
-        """Call ids, and how many arguments reuse a value of an earlier result (memory)."""
+        """Call ids; how many argument values reuse an earlier result (memory); and the
+        values no earlier result provides (`given`: the query has to state them)."""
         rng = random.Random(f"{seed}:ids")
         seen: set[str] = set()
+        given: list[Any] = []
         turns, reuse, n_calls = [], 0, 0
         for turn in value["turns"]:
             calls = []
             for c in turn["calls"]:
                 args = c.get("arguments") or {}
-                reuse += sum(1 for x in _leaf_values(args) if json.dumps(x) in seen)
+                leaves = _leaf_values(args)
+                reuse += sum(1 for x in leaves if json.dumps(x) in seen)
+                given += [x for x in leaves if json.dumps(x) not in seen and x not in given]
                 calls.append(
                     {"id": f"call_{rng.getrandbits(40):010x}", "name": c["name"], "arguments": args}
                 )
             n_calls += len(calls)
             seen |= {json.dumps(x) for r in turn["results"] for x in _leaf_values(r)}
             turns.append({"calls": calls, "results": turn["results"]})
-        return {"turns": turns, "memory_reuse": reuse, "n_calls": n_calls}
+        return {"turns": turns, "memory_reuse": reuse, "n_calls": n_calls, "given": given}
 
     def step_batch(self, step: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run `step` on every live row (batched generation, one batched repair round).
@@ -334,9 +338,25 @@ class LLMTeacher:
         answer: str,
         query: str,
     ) -> Episode:
-        """The episode, as every teacher assembles it (`schema_teacher.assemble_episode`)."""
+        """The episode, as every teacher assembles it (`schema_teacher.assemble_episode`),
+        plus `meta.query_coverage`: the share of the values the calls need from the user
+        that the query states verbatim (a measure of the teacher, not a filter: a model may
+        rightly write "tomorrow" for a date)."""
+        given = trajectory.get("given") or []
+        text = query.lower()
+        covered = sum(
+            1 for v in given if (v if isinstance(v, str) else json.dumps(v)).lower() in text
+        )
         return assemble_episode(
-            row_id, seed, scene, trajectory, answer, query, self.catalog, teacher=self.name
+            row_id,
+            seed,
+            scene,
+            trajectory,
+            answer,
+            query,
+            self.catalog,
+            teacher=self.name,
+            extra_meta={"query_coverage": covered / len(given) if given else 1.0},
         )
 
 

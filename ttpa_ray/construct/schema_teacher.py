@@ -380,6 +380,7 @@ def assemble_episode(
     query: str,
     catalog: list[ToolSpec],
     teacher: str = "schema",
+    extra_meta: dict[str, Any] | None = None,
 ) -> Episode:
     """user(query) → per turn: assistant(tool_calls) + one tool message per call → answer.
 
@@ -407,6 +408,7 @@ def assemble_episode(
             "memory_reuse": trajectory["memory_reuse"],
             "n_calls": trajectory["n_calls"],
             "domain": scene.get("domain"),
+            **(extra_meta or {}),
         },
     )
 
