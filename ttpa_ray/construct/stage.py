@@ -84,21 +84,27 @@ def _shard_key(cfg: ConstructConfig) -> str:
     return config_hash(cfg.model_dump(exclude={"n_episodes", "workers", "num_cpus", "split"}))
 
 
-def run_shard(cfg: ConstructConfig, seeds: list[int], processor_factory: Any = None) -> pa.Table:
-    """Construct the episodes of `seeds` on Ray Data; one OUT_SCHEMA row per seed.
+def build_dataset(
+    cfg: ConstructConfig, shards: list[list[int]], processor_factory: Any = None
+) -> Any:
+    """The Ray Data pipeline constructing the episodes of `shards` (lists of seeds).
 
-    `processor_factory(step, attempt)` (vllm only) builds the processor that generates a
-    step's replies; the default is a Ray Data LLM vLLM processor from the config.
+    Input blocks never straddle two shards, so shards finish roughly in order and each
+    can be written as soon as its last row is out. `processor_factory(step, attempt)` (vllm
+    only) builds the processor of a step; the default is a Ray Data LLM vLLM processor.
     """
     import ray
 
     config_json = cfg.model_dump_json()
-    rows = [{"id": f"ep-{s:08d}", "seed": s} for s in seeds]
-    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-    # Several blocks, so `workers` tasks can run at once.
-    n_blocks = max(1, min(len(rows), 2 * cfg.workers))
-    step = -(-len(rows) // n_blocks)
-    ds: Any = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(rows), step)])
+    total = sum(len(s) for s in shards)
+    # Enough blocks for `workers` tasks at once, small enough to stream shard by shard.
+    block_rows = max(1, min(cfg.shard_size, -(-total // (2 * cfg.workers)), 500))
+    blocks = []
+    for seeds in shards:
+        rows = [{"id": f"ep-{s:08d}", "seed": s} for s in seeds]
+        table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+        blocks += [table.slice(i, block_rows) for i in range(0, len(rows), block_rows)]
+    ds: Any = ray.data.from_arrow(blocks)
     kind = cfg.teacher.kind
     if kind == "schema":
         # Task-based stages: the schema teacher is cheap to build (cached per worker) and
@@ -134,8 +140,15 @@ def run_shard(cfg: ConstructConfig, seeds: list[int], processor_factory: Any = N
                 batch_size=cfg.teacher.batch_size,
                 batch_format="pyarrow",
             )
-    out = pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()])
-    return out.sort_by("seed")
+    return ds
+
+
+def run_shard(cfg: ConstructConfig, seeds: list[int], processor_factory: Any = None) -> pa.Table:
+    """Construct the episodes of `seeds`: one OUT_SCHEMA row per seed, sorted by seed."""
+    import ray
+
+    ds = build_dataset(cfg, [seeds], processor_factory)
+    return pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()]).sort_by("seed")
 
 
 def _step_counts(table: pa.Table) -> list[StageCounts]:
@@ -186,35 +199,69 @@ def run_construct(
     _check_inputs(cfg)
     key = _shard_key(cfg)
     starts = list(range(0, cfg.n_episodes, cfg.shard_size))
-    ran = skipped = 0
-    shards = []
-    bar = tqdm(starts, desc="construct shards", unit="shard", disable=not progress)
-    for start in bar:
+    shards: list[Path] = []
+    pending: dict[Path, list[int]] = {}
+    for start in starts:
         seeds = [cfg.seed + i for i in range(start, min(start + cfg.shard_size, cfg.n_episodes))]
         shard = out / "shards" / f"shard-{cfg.seed + start:08d}-{len(seeds)}"
         shards.append(shard)
         done = shard / "_SUCCESS"
-        if done.exists() and json.loads(done.read_text()).get("key") == key:
-            skipped += 1
-            continue
-        if stop_after_shards is not None and ran >= stop_after_shards:
-            bar.close()
-            return {"interrupted": True, "shards_run": ran, "shards_skipped": skipped}
+        if not (done.exists() and json.loads(done.read_text()).get("key") == key):
+            pending[shard] = seeds
+    skipped = len(shards) - len(pending)
+    ran = 0
+    bar = tqdm(
+        total=len(shards),
+        initial=skipped,
+        desc="construct shards",
+        unit="shard",
+        disable=not progress,
+    )
+    if pending and stop_after_shards != 0:
+        # One streaming execution for every pending shard: LLM teachers load their model
+        # (or start their engines) once per run, not once per shard; each shard is written
+        # the moment its last row is out, so an interrupted run keeps every finished shard.
         init_ray()
-        table = run_shard(cfg, seeds, processor_factory)
-        ok = table.filter(pc.is_null(table["_quarantine_reason"]))
-        bad = table.filter(pc.is_valid(table["_quarantine_reason"]))
-        write_rows(
-            shard / "episodes.parquet", ok.select(EPISODE_SCHEMA.names).to_pylist(), EPISODE_SCHEMA
-        )
-        write_rows(shard / "quarantine.parquet", _quarantine_rows(bad), QUARANTINE_SCHEMA)
-        counts = _step_counts(table)
-        (shard / "counts.json").write_text(json.dumps([c.__dict__ for c in counts]))
-        done.write_text(json.dumps({"key": key, "seeds": [seeds[0], seeds[-1]]}))
-        ran += 1
-        bar.set_postfix(episodes=ok.num_rows, quarantined=bad.num_rows)
+        ds = build_dataset(cfg, list(pending.values()), processor_factory)
+        shard_of = {seed: shard for shard, seeds in pending.items() for seed in seeds}
+        parts: dict[Path, list[pa.Table]] = {shard: [] for shard in pending}
+        have: dict[Path, int] = dict.fromkeys(pending, 0)
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            owners = [shard_of[int(seed)] for seed in batch["seed"].to_pylist()]
+            for shard in dict.fromkeys(owners):
+                part = batch.filter(pa.array([o == shard for o in owners]))
+                parts[shard].append(part)
+                have[shard] += part.num_rows
+                if have[shard] < len(pending[shard]):
+                    continue
+                table = pa.concat_tables(parts.pop(shard)).sort_by("seed")
+                kept = _write_shard(shard, table, key, pending[shard])
+                ran += 1
+                bar.update(1)
+                bar.set_postfix(episodes=kept, quarantined=table.num_rows - kept)
+                if ran == stop_after_shards:
+                    break
+            if ran == stop_after_shards:
+                break
     bar.close()
+    if ran < len(pending):
+        # Only `stop_after_shards` (a simulated interruption) gets here.
+        return {"interrupted": True, "shards_run": ran, "shards_skipped": skipped}
     return _finalize(cfg, out, shards, key, ran, skipped, time.perf_counter() - t0)
+
+
+def _write_shard(shard: Path, table: pa.Table, key: str, seeds: list[int]) -> int:
+    """A finished shard's episodes, quarantine and counts; `_SUCCESS` last. → kept rows."""
+    ok = table.filter(pc.is_null(table["_quarantine_reason"]))
+    bad = table.filter(pc.is_valid(table["_quarantine_reason"]))
+    write_rows(
+        shard / "episodes.parquet", ok.select(EPISODE_SCHEMA.names).to_pylist(), EPISODE_SCHEMA
+    )
+    write_rows(shard / "quarantine.parquet", _quarantine_rows(bad), QUARANTINE_SCHEMA)
+    counts = _step_counts(table)
+    (shard / "counts.json").write_text(json.dumps([c.__dict__ for c in counts]))
+    (shard / "_SUCCESS").write_text(json.dumps({"key": key, "seeds": [seeds[0], seeds[-1]]}))
+    return ok.num_rows
 
 
 def _check_inputs(cfg: ConstructConfig) -> None:
