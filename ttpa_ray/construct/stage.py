@@ -266,9 +266,9 @@ def _write_shard(shard: Path, table: pa.Table, key: str, seeds: list[int]) -> in
 
 def _check_inputs(cfg: ConstructConfig) -> None:
     """Fail in the driver, with a clear message, on what every worker would fail on."""
-    from ttpa_ray.construct.steps import _catalog
+    from ttpa_ray.construct.steps import catalog_tools
 
-    tools = _catalog(cfg.catalog)  # FileNotFoundError / ValueError naming the file
+    tools = catalog_tools(cfg.catalog)  # FileNotFoundError / ValueError naming the file
     if len(tools) < cfg.n_tools[0]:
         log.warning(
             "catalog %r has %d tools, fewer than n_tools min %d: scenes offer all of them",

@@ -133,7 +133,9 @@ class SchemaTeacher:
 
 
 @cache
-def _catalog(source: str) -> tuple[ToolSpec, ...]:
+def catalog_tools(source: str) -> tuple[ToolSpec, ...]:
+    """The valid tools of `builtin`, `bfcl` or a tools file (cached per process).
+    Raises FileNotFoundError / ValueError (with the first invalid tool's reason)."""
     from ttpa_ray.tools.catalog import load_bfcl, load_builtin, load_file
 
     cat = (
@@ -163,7 +165,7 @@ def make_teacher(config: dict[str, Any], with_engine: bool = True) -> Teacher:
     engine: its steps run as Ray Data LLM processors (`construct/vllm_stage.py`).
     """
     t = config["teacher"]
-    catalog = list(_catalog(config["catalog"]))
+    catalog = list(catalog_tools(config["catalog"]))
     if t["kind"] == "schema":
         return SchemaTeacher(
             catalog,
