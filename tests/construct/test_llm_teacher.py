@@ -208,3 +208,17 @@ def test_query_coverage_counts_values_no_result_provides():
     assert full.meta["query_coverage"] == 1.0
     half = t.assemble("e", 0, scene, traj, "ok", "Weather in Lisbon, please.")
     assert half.meta["query_coverage"] == 0.5 and half.teacher == "test"
+
+
+def test_teacher_logic_is_pure_python():
+    """The step logic imports no Ray, torch or transformers (those live in the wiring)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ttpa_ray.construct.llm_teacher, ttpa_ray.construct.steps;"
+        "print(sorted(m for m in ('torch', 'vllm', 'ray', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
