@@ -1,0 +1,197 @@
+"""SFT and DPO objectives on the tiny model: examples, learning, and reference log-probs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ttpa_ray.construct.schema_teacher import build_episode
+from ttpa_ray.schema.tool_call_text import render_assistant_text
+from ttpa_ray.score.perturb import perturb_call
+from ttpa_ray.tools.catalog import load_builtin
+from ttpa_ray.train.data import (
+    IGNORE,
+    SkipExample,
+    collate_pairs,
+    collate_sft,
+    pair_example,
+    sft_example,
+)
+from ttpa_ray.train.objectives import DPOSettings, dpo_loss, precompute_reference, sft_loss
+from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
+
+TOOLS = load_builtin().tools
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1)
+    return create_tiny_model_dir(texts, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def fresh_model(model_dir: Path) -> Any:
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).train()
+
+
+def test_sft_labels_cover_assistant_tokens_only(tokenizer):
+    ep = build_episode(1, TOOLS).to_row()
+    ex = sft_example(tokenizer, ep, max_len=100_000)
+    assert not ex.truncated and len(ex.labels) == len(ex.input_ids)
+    labelled = tokenizer.decode(
+        [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE]
+    )
+    assert "<tool_call>" in labelled
+    query = ep["messages"][0]["content"]
+    assert query[:40] not in labelled  # the user turn carries no loss
+    assert '"type": "function"' not in labelled  # nor the tools in the system turn
+    answer = ep["messages"][-1]["content"]
+    assert answer[:30] in labelled
+    short = sft_example(tokenizer, ep, max_len=300)
+    assert (
+        short.truncated and len(short.input_ids) == 300 and short.input_ids == ex.input_ids[-300:]
+    )
+    with pytest.raises(SkipExample, match="no messages"):
+        sft_example(tokenizer, {**ep, "messages": []}, 100)
+
+
+def test_sft_lowers_the_loss(model_dir, tokenizer):
+    model = fresh_model(model_dir)
+    examples = [sft_example(tokenizer, build_episode(s, TOOLS).to_row(), 384) for s in range(8)]
+    batch = collate_sft(examples, tokenizer.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first, _ = sft_loss(model, batch)
+    for _ in range(40):
+        loss, metrics = sft_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["tokens"] > 100
+    assert loss.item() < 0.6 * first.item(), (first.item(), loss.item())
+
+
+def pairs(tokenizer, n: int) -> list:
+    """Gold call (chosen) vs a perturbed call (rejected), token-level: `branch_token_index`
+    is where their token ids first differ."""
+    rng = random.Random(0)
+    out = []
+    seed = 0
+    while len(out) < n:
+        seed += 1
+        ep = build_episode(seed, TOOLS)
+        call_msg = next(m for m in ep.messages if m.tool_calls)
+        call = call_msg.tool_calls[0]
+        names = [t["function"]["name"] for t in ep.tools]
+        kind = rng.choice(["wrong_value", "drop_arg", "wrong_tool"])
+        bad = perturb_call({"name": call.name, "arguments": call.arguments}, names, kind, rng)
+        bad["arguments"] = json.loads(bad["arguments"])
+        if bad == {"name": call.name, "arguments": call.arguments}:
+            continue
+        chosen_text = render_assistant_text(
+            None, [{"name": call.name, "arguments": call.arguments}]
+        )
+        rejected_text = render_assistant_text(None, [bad])
+        c = tokenizer(chosen_text, add_special_tokens=False)["input_ids"]
+        r = tokenizer(rejected_text, add_special_tokens=False)["input_ids"]
+        branch = next(i for i, (a, b) in enumerate(zip(c + [-1], r + [-2], strict=False)) if a != b)
+        tool = next(t for t in ep.tools if t["function"]["name"] == call.name)
+        row = {
+            "prompt": [{"role": "system", "content": ep.system}, ep.messages[0].to_openai()],
+            "tools": json.dumps([tool]),
+            "chosen_text": chosen_text,
+            "rejected_text": rejected_text,
+            "chosen_score": 1.0,
+            "rejected_score": 0.5,
+            "branch_token_index": branch,
+        }
+        out.append(pair_example(tokenizer, row, max_len=768))
+    return out
+
+
+def test_pair_examples_share_tokens_before_the_branch(tokenizer):
+    for ex in pairs(tokenizer, 8):
+        b = ex.branch_token_index
+        assert ex.chosen_ids[:b] == ex.rejected_ids[:b] and ex.chosen_ids[b] != ex.rejected_ids[b]
+        assert ex.chosen_ids[-1] == tokenizer.eos_token_id
+    ex = pairs(tokenizer, 1)[0]
+    row = {
+        "prompt": [{"role": "user", "content": "hi " * 400}],
+        "tools": "[]",
+        "chosen_text": "a",
+        "rejected_text": "b",
+    }
+    long = pair_example(tokenizer, row, max_len=64)
+    assert long.truncated and len(long.prompt_ids) + 2 <= 64
+    with pytest.raises(SkipExample, match="does not fit"):
+        pair_example(tokenizer, {**row, "chosen_text": "word " * 100}, max_len=64)
+    with pytest.raises(SkipExample, match="empty prompt"):
+        pair_example(tokenizer, {**row, "prompt": []}, max_len=64)
+    assert ex.prompt_ids
+
+
+def test_dpo_learns_the_pairs_with_precomputed_reference(model_dir, tokenizer):
+    model = fresh_model(model_dir)
+    examples = precompute_reference(
+        copy.deepcopy(model), pairs(tokenizer, 16), tokenizer.pad_token_id
+    )
+    batch = collate_pairs(examples, tokenizer.pad_token_id)
+    settings = DPOSettings(loss_type="sigmoid", beta=0.5)
+    loss0, m0 = dpo_loss(model, batch, settings)
+    # policy == reference at the start: every log-ratio is 0 and the loss is ln 2
+    assert loss0.item() == pytest.approx(math.log(2), abs=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(25):
+        loss, metrics = dpo_loss(model, batch, settings)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["rewards/accuracy"] > 0.9, metrics
+    assert loss.item() < 0.5 * math.log(2)
+
+
+def test_precomputed_reference_is_really_used(model_dir, tokenizer):
+    reference = fresh_model(model_dir).eval()
+    model = copy.deepcopy(reference).train()
+    examples = precompute_reference(reference, pairs(tokenizer, 6), tokenizer.pad_token_id)
+    batch = collate_pairs(examples, tokenizer.pad_token_id)
+    settings = DPOSettings(loss_type="ipo", beta=0.5)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(3):
+        loss, _ = dpo_loss(model, batch, settings)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pre, _ = dpo_loss(model, batch, settings)
+        live = {k: v for k, v in batch.items() if not k.startswith("ref_")}
+        resident, _ = dpo_loss(model, live, settings, ref_model=reference)
+        ignored = {
+            **batch,
+            "ref_chosen": torch.zeros_like(batch["ref_chosen"]),
+            "ref_rejected": torch.zeros_like(batch["ref_rejected"]),
+        }
+        wrong, _ = dpo_loss(model, ignored, settings)
+    assert pre.item() == pytest.approx(resident.item(), abs=1e-5)  # same as a resident reference
+    assert abs(pre.item() - wrong.item()) > 1e-3  # and the values matter
+    with pytest.raises(ValueError, match="no reference"):
+        dpo_loss(model, live, settings)
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="valid: sigmoid"):
+        DPOSettings(loss_type="nope")
+    with pytest.raises(ValueError, match="beta"):
+        DPOSettings(beta=0)

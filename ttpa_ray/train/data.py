@@ -1,0 +1,188 @@
+"""Tokenised training examples: SFT episodes and preference pairs, plus their collation.
+
+Everything goes through the tokenizer's own chat template with the episode's tools, so
+training sees exactly what serving renders. Examples that cannot be used raise
+`SkipExample(reason)`; callers count and quarantine them (never a silent drop).
+
+- SFT: loss only on assistant tokens (the template's `{% generation %}` blocks, via
+  `return_assistant_tokens_mask`); user turns and tool results are masked. A conversation
+  longer than `max_len` keeps its last `max_len` tokens (counted as truncated).
+- Pairs: the prompt (history + generation prompt) and the two completions (the policy's
+  text, or the message rendered by the template, ending with the end-of-turn token). A
+  prompt that does not fit is cut from the left (counted); a pair whose completion does
+  not fit `max_len` is skipped. `branch_token_index` indexes the completion tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ttpa_ray.schema.records import messages_to_openai
+
+IGNORE = -100  # label of tokens without loss (PyTorch cross-entropy's ignore_index)
+
+
+class SkipExample(ValueError):
+    """This row cannot become a training example (the message says why)."""
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, **kw: Any) -> Any:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template (needed to render tools and turns)")
+    return tokenizer.apply_chat_template(
+        messages, tools=tools or None, tokenize=True, return_dict=True, **kw
+    )
+
+
+def _tools(row: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = row.get("tools")
+    return json.loads(tools) if isinstance(tools, str) and tools else list(tools or [])
+
+
+@dataclass
+class SFTExample:
+    """`input_ids` and `labels` (IGNORE where there is no loss), same length."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+def sft_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> SFTExample:
+    """One episode row (DESIGN §2) → an SFT example with assistant-only labels."""
+    messages = messages_to_openai(row.get("messages"))
+    if not messages:
+        raise SkipExample("episode has no messages")
+    if row.get("system"):
+        messages = [{"role": "system", "content": row["system"]}, *messages]
+    enc = _chat_ids(tokenizer, messages, _tools(row), return_assistant_tokens_mask=True)
+    ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    if not any(mask):
+        raise SkipExample("no assistant tokens (the template marks none)")
+    truncated = len(ids) > max_len
+    if truncated:
+        ids, mask = ids[-max_len:], mask[-max_len:]
+        if not any(mask):
+            raise SkipExample(f"no assistant token within the last {max_len} tokens")
+    labels = [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]
+    return SFTExample(ids, labels, truncated)
+
+
+@dataclass
+class PairExample:
+    """Token ids of one preference pair (prompt shared by both completions)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    branch_token_index: int = -1
+    chosen_score: float = 1.0
+    rejected_score: float = 0.0
+    truncated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _completion_ids(
+    tokenizer: Any,
+    prompt_ids: list[int],
+    history: list[dict[str, Any]],
+    tools: Any,
+    text: Any,
+    messages: Any,
+) -> list[int]:
+    """The policy's text + end of turn if given; else the message rendered by the template
+    (the suffix after the prompt)."""
+    eos = tokenizer.eos_token or ""
+    if isinstance(text, str) and text:
+        return list(tokenizer(text + eos, add_special_tokens=False)["input_ids"])
+    msgs = messages_to_openai(messages)
+    if not msgs:
+        raise SkipExample("a completion is empty")
+    full = list(_chat_ids(tokenizer, [*history, *msgs], tools)["input_ids"])
+    if full[: len(prompt_ids)] != prompt_ids:
+        raise SkipExample("the template does not render the completion after the prompt")
+    ids = full[len(prompt_ids) :]
+    # The template ends a turn with eos + newline: stop at the (first) eos, as generation does.
+    eos_id = tokenizer.eos_token_id
+    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
+
+
+def _score(value: Any, default: float) -> float:
+    return default if value is None else float(value)
+
+
+def pair_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> PairExample:
+    """One `pairs` row (DESIGN §2) → token ids; raises `SkipExample` if it cannot fit."""
+    history = messages_to_openai(row.get("prompt"))
+    if not history:
+        raise SkipExample("pair has an empty prompt")
+    tools = _tools(row)
+    prompt_ids = list(_chat_ids(tokenizer, history, tools, add_generation_prompt=True)["input_ids"])
+    chosen = _completion_ids(
+        tokenizer, prompt_ids, history, tools, row.get("chosen_text"), row.get("chosen")
+    )
+    rejected = _completion_ids(
+        tokenizer, prompt_ids, history, tools, row.get("rejected_text"), row.get("rejected")
+    )
+    room = max_len - max(len(chosen), len(rejected))
+    if room < 1:
+        raise SkipExample(
+            f"completion of {max(len(chosen), len(rejected))} tokens does not fit max_len {max_len}"
+        )
+    truncated = len(prompt_ids) > room
+    branch = row.get("branch_token_index")
+    return PairExample(
+        prompt_ids=prompt_ids[-room:],
+        chosen_ids=chosen,
+        rejected_ids=rejected,
+        branch_token_index=int(branch) if branch is not None else -1,
+        chosen_score=_score(row.get("chosen_score"), 1.0),
+        rejected_score=_score(row.get("rejected_score"), 0.0),
+        truncated=truncated,
+    )
+
+
+def _pad(seqs: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if not s:
+            continue
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def collate_sft(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask`, `labels` (`[B, T]`)."""
+    ids, mask = _pad([e.input_ids for e in examples], pad_id, left=False)
+    labels, _ = _pad([e.labels for e in examples], IGNORE, left=False)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_pairs(examples: list[PairExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts `[B, P]`, right-padded completions `[B, C]`/`[B, R]`, and the
+    per-pair `branch_token_index`, `chosen_score`, `rejected_score` (`[B]`). Precomputed
+    reference per-token log-probs in `extra` (`ref_chosen`, `ref_rejected`) are padded too."""
+    out: dict[str, torch.Tensor] = {}
+    out["prompt_ids"], out["prompt_mask"] = _pad([e.prompt_ids for e in examples], pad_id, True)
+    out["chosen_ids"], out["chosen_mask"] = _pad([e.chosen_ids for e in examples], pad_id, False)
+    out["rejected_ids"], out["rejected_mask"] = _pad(
+        [e.rejected_ids for e in examples], pad_id, False
+    )
+    out["branch_token_index"] = torch.tensor([e.branch_token_index for e in examples])
+    out["chosen_score"] = torch.tensor([e.chosen_score for e in examples])
+    out["rejected_score"] = torch.tensor([e.rejected_score for e in examples])
+    for key, ids_key in (("ref_chosen", "chosen_ids"), ("ref_rejected", "rejected_ids")):
+        if all(key in e.extra for e in examples):
+            ref = torch.zeros(out[ids_key].shape, dtype=torch.float32)
+            for i, e in enumerate(examples):
+                ref[i, : len(e.extra[key])] = torch.tensor(e.extra[key], dtype=torch.float32)
+            out[key] = ref
+    return out

@@ -1,0 +1,124 @@
+"""One batch → loss and metrics, for SFT and the DPO family. No Ray, no DeepSpeed: the
+training loop (Ray Train + DeepSpeed) calls these on whatever module it wraps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ttpa_ray.train.data import IGNORE, PairExample, collate_pairs
+from ttpa_ray.train.logprobs import branch_mask, reduce, shared_prefix_logps
+from ttpa_ray.train.losses import LENGTH_NORMALISED, esm_weights, get_loss
+
+Tensor = torch.Tensor
+
+
+def sft_loss(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    """Mean cross-entropy over the labelled (assistant) tokens of `[B, T]` batches."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
+    )
+    return loss, {"loss": loss.item(), "tokens": int((labels != IGNORE).sum())}
+
+
+@dataclass
+class DPOSettings:
+    """`loss_type` sigmoid | ipo | esm_weighted; `token_level`: only tokens from each pair's
+    `branch_token_index` on enter the log-ratios; `esm_floor`: least ESM weight."""
+
+    loss_type: str = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    token_level: bool = True
+    esm_floor: float = 0.25
+
+    def __post_init__(self) -> None:
+        get_loss(self.loss_type)  # an unknown name raises with the valid list
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+def _masks(batch: dict[str, Tensor], token_level: bool) -> tuple[Tensor, Tensor]:
+    if not token_level:
+        return batch["chosen_mask"], batch["rejected_mask"]
+    b = batch["branch_token_index"]
+    return branch_mask(batch["chosen_mask"], b), branch_mask(batch["rejected_mask"], b)
+
+
+def pair_token_logps(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-token log-probs `([B, C], [B, R])` with the prompt forwarded once per pair."""
+    return shared_prefix_logps(
+        model,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["chosen_ids"],
+        batch["chosen_mask"],
+        batch["rejected_ids"],
+        batch["rejected_mask"],
+    )
+
+
+def dpo_loss(
+    model: Any, batch: dict[str, Tensor], settings: DPOSettings, ref_model: Any = None
+) -> tuple[Tensor, dict[str, float]]:
+    """Mean preference loss of a collated pair batch, and its metrics.
+
+    Reference per-token log-probs come from the batch (`ref_chosen`, `ref_rejected`,
+    precomputed: no reference model resident) or, if absent, from `ref_model` (for
+    example the policy with its LoRA adapter disabled). Neither is an error.
+    """
+    pc_tok, pr_tok = pair_token_logps(model, batch)
+    if "ref_chosen" in batch and "ref_rejected" in batch:
+        rc_tok, rr_tok = batch["ref_chosen"], batch["ref_rejected"]
+    elif ref_model is not None:
+        with torch.no_grad():
+            rc_tok, rr_tok = pair_token_logps(ref_model, batch)
+    else:
+        raise ValueError("no reference log-probs: precompute them or pass ref_model")
+    mc, mr = _masks(batch, settings.token_level)
+    avg = settings.loss_type in LENGTH_NORMALISED
+    weights = (
+        esm_weights(batch["chosen_score"], batch["rejected_score"], settings.esm_floor)
+        if settings.loss_type == "esm_weighted"
+        else None
+    )
+    losses, chosen_r, rejected_r = get_loss(settings.loss_type)(
+        reduce(pc_tok, mc, avg),
+        reduce(pr_tok, mr, avg),
+        reduce(rc_tok, mc, avg),
+        reduce(rr_tok, mr, avg),
+        beta=settings.beta,
+        label_smoothing=settings.label_smoothing,
+        weights=weights,
+    )
+    loss = losses.mean()
+    metrics = {
+        "loss": loss.item(),
+        "rewards/chosen": chosen_r.mean().item(),
+        "rewards/rejected": rejected_r.mean().item(),
+        "rewards/accuracy": (chosen_r > rejected_r).float().mean().item(),
+        "rewards/margin": (chosen_r - rejected_r).mean().item(),
+    }
+    return loss, metrics
+
+
+@torch.no_grad()
+def precompute_reference(
+    model: Any, examples: list[PairExample], pad_id: int, batch_size: int = 16
+) -> list[PairExample]:
+    """Store the reference per-token log-probs of each pair in `extra` (`ref_chosen`,
+    `ref_rejected`), one batched no-grad pass, so training needs no resident reference."""
+    model.eval()
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        rc, rr = pair_token_logps(model, collate_pairs(chunk, pad_id))
+        for i, e in enumerate(chunk):
+            e.extra["ref_chosen"] = rc[i, : len(e.chosen_ids)].tolist()
+            e.extra["ref_rejected"] = rr[i, : len(e.rejected_ids)].tolist()
+    return examples
