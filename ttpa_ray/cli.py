@@ -134,6 +134,23 @@ def _cmd_construct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ttpa_ray.config import load_config
+    from ttpa_ray.train.trainer import run_training
+
+    cfg = load_config(args.config).train
+    if args.workers:
+        cfg = cfg.model_copy(update={"workers": args.workers})
+    if args.max_steps:
+        cfg = cfg.model_copy(update={"max_steps": args.max_steps})
+    manifest = run_training(args.mode, cfg, args.data, args.model, args.out)
+    final = manifest["final"]
+    shown = {k: round(v, 4) for k, v in final.items() if isinstance(v, float)}
+    print(f"{args.mode}: {manifest['steps']} steps; last {shown}")
+    print(f"model: {manifest['model']}; metrics: {Path(args.out) / 'metrics.jsonl'}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ttpa_ray.construct.dataset import EXPORTERS
     from ttpa_ray.schema.io import read_rows
@@ -215,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--base-url", help="openai teacher: endpoint, e.g. http://127.0.0.1:8000/v1")
     c.add_argument("--out", required=True, help="output directory (re-running resumes)")
     c.set_defaults(func=_cmd_construct)
+
+    tr = sub.add_parser("train", help="SFT or DPO-family training on Ray Train + DeepSpeed")
+    tr.add_argument("mode", choices=["sft", "dpo"])
+    tr.add_argument("--config", help="YAML config (its `train` section)")
+    tr.add_argument(
+        "--data", required=True, help="sft: construct dir or episodes Parquet; dpo: pairs"
+    )
+    tr.add_argument("--model", required=True, help="HF model directory to start from")
+    tr.add_argument("--out", required=True, help="output dir: model/, metrics.jsonl, tensorboard/")
+    tr.add_argument("--workers", type=int, help="Ray Train workers (overrides the config)")
+    tr.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
+    tr.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("export", help="export episodes as sharegpt or openai-jsonl")
     e.add_argument("--episodes", required=True, help="an episodes .parquet or a directory of them")

@@ -111,6 +111,59 @@ class ConstructConfig(Strict):
         return self
 
 
+class LoraConfig(Strict):
+    """PEFT LoRA on the policy (on by default for real models; the tiny model trains fully)."""
+
+    enabled: bool = Field(False, description="train LoRA adapters instead of all weights")
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names to adapt",
+    )
+
+
+class DPOConfig(Strict):
+    """Preference loss (TRL's `loss_type` names where they exist)."""
+
+    loss_type: Literal["sigmoid", "ipo", "esm_weighted"] = "sigmoid"
+    beta: float = Field(0.1, gt=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    token_level: bool = Field(True, description="log-ratios only from branch_token_index on")
+    esm_floor: float = Field(0.25, ge=0.0, le=1.0, description="least ESM weight (esm_weighted)")
+
+
+class TrainConfig(Strict):
+    """Ray Train + DeepSpeed training (DESIGN §6): SFT, then DPO on pairs."""
+
+    max_len: int = Field(1024, gt=8, description="tokens per sequence (prompt + completion)")
+    micro_batch_size: int = Field(8, gt=0, description="per worker per step")
+    grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
+    max_steps: int = Field(100, gt=0, description="optimizer steps")
+    lr: float = Field(1e-4, gt=0.0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor, share of lr")
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    clip: float = Field(1.0, gt=0.0, description="gradient norm clipping")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage")
+    bf16: bool | None = Field(None, description="None: bf16 on GPU, fp32 on CPU")
+    workers: int = Field(1, gt=0, description="Ray Train workers")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
+    export: Literal["merged", "adapter"] = Field(
+        "merged", description="LoRA: merge into the base weights or save the adapter"
+    )
+    seed: int = 0
+    lora: LoraConfig = LoraConfig()
+    dpo: DPOConfig = DPOConfig()
+    fail_once_at_step: int | None = Field(
+        None, description="testing fault tolerance: rank 0 raises once at this step"
+    )
+
+
 with warnings.catch_warnings():
     # `construct` is pydantic v1's deprecated constructor name; as a field it is the
     # natural YAML key, and shadowing the deprecated method is harmless.
@@ -120,6 +173,7 @@ with warnings.catch_warnings():
         """The whole pipeline's config (sections are added as stages land)."""
 
         construct: ConstructConfig = ConstructConfig()  # type: ignore[assignment]
+        train: TrainConfig = TrainConfig()
 
 
 def load_config(path: str | Path | None) -> Config:

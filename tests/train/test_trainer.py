@@ -1,0 +1,173 @@
+"""Ray Train + DeepSpeed on 2 CPU workers: ZeRO-2 with a failure and restart, ZeRO-3 DPO
+with a gathered export, LoRA export round trips."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from ttpa_ray.config import TrainConfig
+from ttpa_ray.construct.schema_teacher import build_episode
+from ttpa_ray.schema.io import read_rows, write_rows
+from ttpa_ray.schema.records import EPISODE_SCHEMA, PAIR_SCHEMA
+from ttpa_ray.schema.tool_call_text import render_assistant_text
+from ttpa_ray.score.perturb import perturb_call
+from ttpa_ray.tools.catalog import load_builtin
+from ttpa_ray.train.logprobs import concat_logps
+from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
+from ttpa_ray.train.trainer import run_training
+
+TOOLS = load_builtin().tools
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1)
+    return create_tiny_model_dir(texts, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("eps") / "train.parquet"
+    write_rows(path, [build_episode(s, TOOLS).to_row() for s in range(12)], EPISODE_SCHEMA)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs_path(tmp_path_factory) -> Path:
+    rng = random.Random(0)
+    rows = []
+    for seed in range(1, 40):
+        ep = build_episode(seed, TOOLS)
+        msg = next(m for m in ep.messages if m.tool_calls)
+        call = {"name": msg.tool_calls[0].name, "arguments": msg.tool_calls[0].arguments}
+        bad = perturb_call(call, [t["function"]["name"] for t in ep.tools], "wrong_value", rng)
+        bad["arguments"] = json.loads(bad["arguments"])
+        if bad == call:
+            continue
+        tool = next(t for t in ep.tools if t["function"]["name"] == call["name"])
+        rows.append(
+            {
+                "id": f"p{seed}",
+                "episode_id": ep.id,
+                "turn_index": 1,
+                "prompt": [
+                    {
+                        "role": "system",
+                        "content": ep.system,
+                        "tool_calls": None,
+                        "tool_call_id": None,
+                        "name": None,
+                    },
+                    ep.messages[0].to_row(),
+                ],
+                "tools": json.dumps([tool]),
+                "chosen": None,
+                "rejected": None,
+                "chosen_score": 1.0,
+                "rejected_score": 0.6,
+                "source": "branch",
+                "branch_token_index": -1,
+                "chosen_text": render_assistant_text(None, [call]),
+                "rejected_text": render_assistant_text(None, [bad]),
+            }
+        )
+        if len(rows) == 16:
+            break
+    path = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
+    write_rows(path, rows, PAIR_SCHEMA)
+    return path
+
+
+def cfg(**kw: Any) -> TrainConfig:
+    base = {
+        "max_len": 384,
+        "micro_batch_size": 4,
+        "max_steps": 4,
+        "lr": 3e-3,
+        "warmup_steps": 1,
+        "workers": 2,
+        "cpus_per_worker": 0.5,
+        "checkpoint_every": 2,
+    }
+    return TrainConfig.model_validate({**base, **kw})
+
+
+def metrics(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def exported_logps(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    probe = json.loads((out / "final_logps.json").read_text())
+    ids = torch.tensor(probe["input_ids"])
+    mask = torch.tensor(probe["attention_mask"])
+    model = AutoModelForCausalLM.from_pretrained(out / "model", local_files_only=True).eval()
+    with torch.no_grad():
+        mine = concat_logps(model, ids[:, :1], mask[:, :1], ids[:, 1:], mask[:, 1:])
+    return mine, torch.tensor(probe["logps"])
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_sft_zero2_two_workers_survives_a_failure(ray_local, tmp_path, model_dir, episodes):
+    out = tmp_path / "sft"
+    manifest = run_training("sft", cfg(zero_stage=2, fail_once_at_step=3), episodes, model_dir, out)
+    steps = [m["step"] for m in metrics(out)]
+    # steps 1-3, the failure after 3, a restart from the step-2 checkpoint: 3 again, then 4
+    assert steps == [1, 2, 3, 3, 4], steps
+    assert (out / ".failed_once").read_text() == "3"
+    assert manifest["steps"] == 4 and manifest["mode"] == "sft"
+    assert manifest["stages"][0]["rows_in"] == 12 == manifest["stages"][0]["rows_out"]
+    losses = [m["loss"] for m in metrics(out)]
+    assert losses[-1] < losses[0]
+    assert all(m["tokens_per_s"] > 0 and m["mfu"] > 0 for m in metrics(out))
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    mine, trained = exported_logps(out)
+    assert torch.allclose(mine, trained, atol=1e-4)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_dpo_zero3_exports_gathered_weights(ray_local, tmp_path, model_dir, pairs_path):
+    out = tmp_path / "dpo"
+    settings = cfg(zero_stage=3, max_steps=6, checkpoint_every=3, dpo={"beta": 0.5})
+    manifest = run_training("dpo", settings, pairs_path, model_dir, out)
+    m = metrics(out)
+    assert [x["step"] for x in m] == [1, 2, 3, 4, 5, 6]
+    # precomputed reference = the starting policy: the first loss is ln 2
+    assert m[0]["loss"] == pytest.approx(0.6931, abs=2e-3)
+    assert m[-1]["rewards/accuracy"] >= m[0]["rewards/accuracy"]
+    assert m[-1]["rewards/margin"] > 0
+    # every weight is there and trained (not one rank's ZeRO-3 shard, not the start)
+    start = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).state_dict()
+    done = AutoModelForCausalLM.from_pretrained(out / "model", local_files_only=True).state_dict()
+    assert set(start) == set(done)
+    assert all(done[k].shape == start[k].shape for k in start)
+    assert sum(not torch.equal(start[k], done[k]) for k in start) >= len(start) // 2
+    mine, trained = exported_logps(out)
+    assert torch.allclose(mine, trained, atol=1e-4)
+    assert manifest["stages"][0]["rows_in"] == len(read_rows(pairs_path))
+
+
+def test_bad_training_inputs(tmp_path, model_dir, episodes):
+    with pytest.raises(FileNotFoundError, match="no Parquet data"):
+        run_training("sft", cfg(), tmp_path / "nothing", model_dir, tmp_path / "o")
+    with pytest.raises(ValueError, match="lacks column"):
+        run_training("dpo", cfg(), episodes, model_dir, tmp_path / "o")
+    with pytest.raises(ValueError, match="unknown training mode"):
+        run_training("ppo", cfg(), episodes, model_dir, tmp_path / "o")
+    rows = read_rows(episodes)[:3]
+    for r in rows:
+        r["messages"] = r["messages"][:1]  # the user's query only: nothing to learn
+    bad = tmp_path / "bad.parquet"
+    write_rows(bad, rows, EPISODE_SCHEMA)
+    with pytest.raises(ValueError, match="all 3 rows quarantined"):
+        run_training("sft", cfg(), bad, model_dir, tmp_path / "q")
+    q = read_rows(tmp_path / "q" / "quarantine.parquet")
+    assert len(q) == 3 and all("no assistant tokens" in r["reason"] for r in q)

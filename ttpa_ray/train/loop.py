@@ -1,0 +1,221 @@
+"""The training loop each Ray Train worker runs: DeepSpeed engine, batches, checkpoints.
+
+    fit: load model (+ LoRA) → deepspeed.initialize → resume from Ray Train's checkpoint
+         → for each optimizer step: `grad_accum` micro-batches (SFT or DPO objective)
+         → metrics (rank 0: JSON lines + TensorBoard) → checkpoint every K steps
+         → gather the final weights (ZeRO-3: on rank 0) → export an HF directory.
+
+Batches are a pure function of the micro-step index (a seeded permutation per epoch), so
+a restarted worker group continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ttpa_ray.config import TrainConfig
+from ttpa_ray.train.data import collate_pairs, collate_sft
+from ttpa_ray.train.objectives import DPOSettings, dpo_loss, sft_loss
+
+
+def batch_at(examples: list[Any], index: int, size: int, seed: int) -> list[Any]:
+    """The `index`-th micro-batch of an endless, per-epoch shuffled pass over `examples`."""
+    per_epoch = max(1, len(examples) // size)
+    epoch, k = divmod(index, per_epoch)
+    order = list(range(len(examples)))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return [examples[i] for i in order[k * size : (k + 1) * size]] or [examples[order[0]]]
+
+
+def _count_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Trainer:
+    """One worker's training run (`train_loop_per_worker` builds and `fit`s it)."""
+
+    def __init__(self, c: dict[str, Any]) -> None:
+        import deepspeed
+        import ray.train
+        from transformers import AutoModelForCausalLM
+
+        self.c, self.cfg = c, TrainConfig.model_validate(c["train"])
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.on_gpu = torch.cuda.is_available() and self.cfg.use_gpu
+        self.device = (
+            torch.device("cuda", ctx.get_local_rank()) if self.on_gpu else torch.device("cpu")
+        )
+        torch.manual_seed(self.cfg.seed)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            c["model_dir"], local_files_only=True, dtype=torch.float32
+        )
+        if self.cfg.lora.enabled:
+            from ttpa_ray.train.export import lora_model
+
+            model = lora_model(model, self.cfg)
+        self.n_params = _count_params(model)
+        from ttpa_ray.train.ds import deepspeed_config, measure_matmul_flops
+
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=deepspeed_config(self.cfg, self.on_gpu),
+        )
+        self.peak_flops = measure_matmul_flops(int(model.config.hidden_size) * 4, self.device)
+        self.examples = ray.get(c["examples"])[self.rank :: self.world]
+        if not self.examples:
+            raise ValueError(f"rank {self.rank}: no training examples (fewer rows than workers?)")
+        self.settings = DPOSettings(**self.cfg.dpo.model_dump()) if c["mode"] == "dpo" else None
+        self.out = Path(c["out_dir"])
+        self.step = 0
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def resume(self) -> None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as d:
+            self.engine.load_checkpoint(d, tag="ds")
+            self.step = json.loads((Path(d) / "state.json").read_text())["step"]
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        with tempfile.TemporaryDirectory() as d:
+            self.engine.save_checkpoint(d, tag="ds")  # every rank writes its own shard files
+            if self.rank == 0:
+                (Path(d) / "state.json").write_text(json.dumps({"step": self.step}))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    # -- one optimizer step ------------------------------------------------------------------
+
+    def _batch(self, micro: int) -> dict[str, torch.Tensor]:
+        items = batch_at(self.examples, micro, self.cfg.micro_batch_size, self.cfg.seed)
+        pad = int(self.c["pad_id"])
+        batch = collate_sft(items, pad) if self.settings is None else collate_pairs(items, pad)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def train_step(self) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        tokens = 0
+        for m in range(self.cfg.grad_accum):
+            batch = self._batch(self.step * self.cfg.grad_accum + m)
+            if self.settings is None:
+                loss, metrics = sft_loss(self.engine, batch)
+                tokens += int(batch["attention_mask"].sum())
+            else:
+                loss, metrics = dpo_loss(self.engine, batch, self.settings)
+                # the prompt is forwarded once, each completion once (shared-prefix packing)
+                tokens += int(
+                    batch["prompt_mask"].sum()
+                    + batch["chosen_mask"].sum()
+                    + batch["rejected_mask"].sum()
+                )
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed applies the update at the accumulation boundary
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / self.cfg.grad_accum
+        sums["tokens"] = tokens
+        return sums
+
+    def fit(self) -> None:
+        self.resume()
+        writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tensorboard"))
+        while self.step < self.cfg.max_steps:
+            t0 = time.perf_counter()
+            metrics = self.train_step()
+            self.step += 1
+            seconds = time.perf_counter() - t0
+            metrics.update(
+                step=self.step,
+                lr=float(self.engine.get_lr()[0]),
+                tokens_per_s=metrics["tokens"] * self.world / seconds,
+                # 6·N FLOPs per token (forward + backward), against measured torch.mm FLOP/s
+                mfu=6 * self.n_params * metrics["tokens"] / seconds / self.peak_flops,
+            )
+            if writer is not None:
+                for k, v in metrics.items():
+                    writer.add_scalar(f"{self.c['mode']}/{k}", v, self.step)
+                with (self.out / "metrics.jsonl").open("a") as f:
+                    f.write(json.dumps({"mode": self.c["mode"], **metrics}) + "\n")
+            self._maybe_fail()
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.max_steps:
+                self.save(metrics)
+        if writer is not None:
+            writer.close()
+        self.export()
+
+    def _maybe_fail(self) -> None:
+        """Fault-tolerance testing: rank 0 raises once at `fail_once_at_step`."""
+        marker = self.out / ".failed_once"
+        if self.cfg.fail_once_at_step == self.step and self.rank == 0 and not marker.exists():
+            marker.write_text(str(self.step))
+            raise RuntimeError(f"injected failure at step {self.step} (fail_once_at_step)")
+
+    # -- export ----------------------------------------------------------------------------
+
+    def export(self) -> None:
+        if self.cfg.zero_stage == 3:
+            # Collective: every rank takes part, rank 0 receives the whole state dict.
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.engine.module.state_dict()
+        probe = self._probe_logps()
+        if self.rank == 0:
+            from ttpa_ray.train.export import export_model
+
+            export_model(state, self.c["model_dir"], self.cfg, self.out / "model")
+            (self.out / "final_logps.json").write_text(json.dumps(probe))
+
+    @torch.no_grad()
+    def _probe_logps(self) -> dict[str, Any]:
+        """Log-probs of a fixed batch under the trained engine (every rank runs the forward:
+        under ZeRO-3 it is a collective), so the export can be checked against them."""
+        from ttpa_ray.train.logprobs import concat_logps
+
+        batch = collate_sft([_as_sft(e) for e in ray_get_probe(self.c)], int(self.c["pad_id"]))
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        logps = concat_logps(self.engine, ids[:, :1], mask[:, :1], ids[:, 1:], mask[:, 1:])
+        return {
+            "input_ids": batch["input_ids"].tolist(),
+            "attention_mask": batch["attention_mask"].tolist(),
+            "logps": logps.tolist(),
+        }
+
+
+def _as_sft(example: Any) -> Any:
+    from ttpa_ray.train.data import SFTExample
+
+    if isinstance(example, SFTExample):
+        return example
+    ids = example.prompt_ids + example.chosen_ids
+    return SFTExample(ids, ids)
+
+
+def ray_get_probe(c: dict[str, Any]) -> list[Any]:
+    import ray
+
+    return ray.get(c["examples"])[:2]
+
+
+def train_loop_per_worker(c: dict[str, Any]) -> None:
+    """Ray Train's per-worker entry point."""
+    os.environ.setdefault("DS_BUILD_OPS", "0")
+    Trainer(c).fit()

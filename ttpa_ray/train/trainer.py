@@ -1,0 +1,219 @@
+"""Ray wiring of training: examples in the driver, reference log-probs as a Ray Data stage,
+the loop on Ray Train workers (`TorchTrainer` + DeepSpeed), the manifest.
+
+    ttpa-ray train sft --config configs/tiny-cpu.yaml --data runs/x/construct --model DIR --out DIR
+    ttpa-ray train dpo --config configs/tiny-cpu.yaml --data pairs.parquet --model DIR --out DIR
+
+Rows that cannot become examples (no assistant tokens, a completion longer than
+`max_len`, ...) go to `OUT/quarantine.parquet` with the reason; the manifest counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ttpa_ray.config import TrainConfig
+from ttpa_ray.schema.io import StageCounts, read_rows, write_manifest, write_quarantine
+from ttpa_ray.schema.records import QuarantineRecord
+from ttpa_ray.train.data import PairExample, SkipExample, pair_example, sft_example
+
+MODES = ("sft", "dpo")
+PAIR_COLUMNS = ("prompt", "tools")
+
+
+def data_rows(path: str | Path, mode: str) -> list[dict[str, Any]]:
+    """Rows of `path`: a Parquet file, a directory of them, or (sft) a construct output
+    directory (its `episodes/train.parquet`)."""
+    p = Path(path)
+    if mode == "sft" and (p / "episodes" / "train.parquet").exists():
+        p = p / "episodes" / "train.parquet"
+    files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+    if not files or not all(f.exists() for f in files):
+        raise FileNotFoundError(f"no Parquet data at {path}")
+    rows = [r for f in files for r in read_rows(f)]
+    if not rows:
+        raise ValueError(f"{path}: the dataset is empty")
+    need = ("messages", "tools") if mode == "sft" else PAIR_COLUMNS
+    missing = [c for c in need if c not in rows[0]]
+    if mode == "dpo" and not ({"chosen", "chosen_text"} & rows[0].keys()):
+        missing.append("chosen|chosen_text")
+    if missing:
+        raise ValueError(f"{path}: {mode} data lacks column(s) {missing}")
+    return rows
+
+
+def prepare_examples(
+    mode: str, rows: list[dict[str, Any]], tokenizer: Any, max_len: int
+) -> tuple[list[Any], list[QuarantineRecord], int]:
+    """Tokenised examples, quarantine records for rows that cannot be used, and how many
+    examples were truncated (history cut from the left)."""
+    make = sft_example if mode == "sft" else pair_example
+    examples, bad, truncated = [], [], 0
+    for i, row in enumerate(rows):
+        try:
+            ex = make(tokenizer, row, max_len)
+        except SkipExample as e:
+            bad.append(QuarantineRecord.of(f"train.{mode}", row.get("id", i), str(e), row))
+            continue
+        truncated += int(ex.truncated)
+        examples.append(ex)
+    return examples, bad, truncated
+
+
+class ReferenceLogps:
+    """Ray Data actor stage: per-token reference log-probs of each pair, one no-grad pass."""
+
+    def __init__(self, model_dir: str, pad_id: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, local_files_only=True, dtype=torch.float32
+        ).eval()
+        self.pad_id = pad_id
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from ttpa_ray.train.objectives import precompute_reference
+
+        n = len(batch["prompt_ids"])
+        examples = [
+            PairExample(
+                [int(t) for t in batch["prompt_ids"][i]],
+                [int(t) for t in batch["chosen_ids"][i]],
+                [int(t) for t in batch["rejected_ids"][i]],
+            )
+            for i in range(n)
+        ]
+        precompute_reference(self.model, examples, self.pad_id, batch_size=n)
+        return {
+            "index": batch["index"],
+            "ref_chosen": [e.extra["ref_chosen"] for e in examples],
+            "ref_rejected": [e.extra["ref_rejected"] for e in examples],
+        }
+
+
+def add_reference(
+    examples: list[PairExample], model_dir: str, pad_id: int, num_cpus: float = 1.0
+) -> None:
+    """Fill `extra["ref_chosen"|"ref_rejected"]` of every pair with a Ray Data actor stage."""
+    import ray
+
+    rows = [
+        {
+            "index": i,
+            "prompt_ids": e.prompt_ids,
+            "chosen_ids": e.chosen_ids,
+            "rejected_ids": e.rejected_ids,
+        }
+        for i, e in enumerate(examples)
+    ]
+    ds = ray.data.from_items(rows).map_batches(
+        ReferenceLogps,
+        fn_constructor_args=(model_dir, pad_id),
+        batch_size=16,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=num_cpus,
+        batch_format="numpy",
+    )
+    for row in ds.iter_rows():
+        e = examples[int(row["index"])]
+        e.extra["ref_chosen"] = [float(x) for x in row["ref_chosen"]]
+        e.extra["ref_rejected"] = [float(x) for x in row["ref_rejected"]]
+
+
+def run_training(
+    mode: str, cfg: TrainConfig, data: str | Path, model_dir: str | Path, out: str | Path
+) -> dict[str, Any]:
+    """Train (`sft` or `dpo`) on Ray Train workers; export to `out/model`; the manifest."""
+    if mode not in MODES:
+        raise ValueError(f"unknown training mode {mode!r}; valid: {', '.join(MODES)}")
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from transformers import AutoTokenizer
+
+    from ttpa_ray.ray_utils import init_ray
+    from ttpa_ray.train.loop import train_loop_per_worker
+
+    t0 = time.perf_counter()
+    out, model_dir = Path(out).resolve(), Path(model_dir).resolve()
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"the tokenizer in {model_dir} has no chat template")
+    rows = data_rows(data, mode)
+    examples, bad, truncated = prepare_examples(mode, rows, tokenizer, cfg.max_len)
+    out.mkdir(parents=True, exist_ok=True)
+    write_quarantine(out / "quarantine.parquet", bad)
+    counts = StageCounts(f"train.{mode}.examples", len(rows), len(examples), len(bad)).check()
+    if not examples:
+        raise ValueError(
+            f"no usable {mode} examples: all {len(rows)} rows quarantined ({bad[0].reason})"
+        )
+    if len(examples) < cfg.workers:
+        raise ValueError(
+            f"{len(examples)} examples for {cfg.workers} workers: need at least one each"
+        )
+    init_ray()
+    pad_id = int(
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    if mode == "dpo":
+        add_reference(examples, str(model_dir), pad_id, num_cpus=min(1.0, cfg.cpus_per_worker))
+    loop_config = {
+        "mode": mode,
+        "train": cfg.model_dump(mode="json"),
+        "model_dir": str(model_dir),
+        "out_dir": str(out),
+        "pad_id": pad_id,
+        "examples": ray.put(examples),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=f"{mode}",
+            storage_path=str(out / "ray"),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    extra = {
+        "mode": mode,
+        "truncated": truncated,
+        "steps": metrics[-1]["step"] if metrics else 0,
+        "final": metrics[-1] if metrics else {},
+        "checkpoint": str(result.checkpoint.path) if result.checkpoint else None,
+        "model": str(out / "model"),
+    }
+    write_manifest(
+        out,
+        [
+            counts,
+            StageCounts(
+                f"train.{mode}", len(examples), len(examples), 0, round(time.perf_counter() - t0, 2)
+            ),
+        ],
+        config=cfg.model_dump(mode="json"),
+        extra=extra,
+    )
+    (out / "config.resolved.json").write_text(cfg.model_dump_json(indent=2))
+    return json.loads((out / "manifest.json").read_text())
+
+
+__all__ = ["MODES", "add_reference", "data_rows", "prepare_examples", "run_training"]
