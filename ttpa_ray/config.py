@@ -132,6 +132,11 @@ class DPOConfig(Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     token_level: bool = Field(True, description="log-ratios only from branch_token_index on")
     esm_floor: float = Field(0.25, ge=0.0, le=1.0, description="least ESM weight (esm_weighted)")
+    reference: Literal["precomputed", "adapter_disabled"] = Field(
+        "precomputed",
+        description="reference log-probs: one batch pass before training (a Ray Data stage), "
+        "or the LoRA policy with its adapter disabled (needs lora.enabled)",
+    )
 
 
 class TrainConfig(Strict):
@@ -162,6 +167,12 @@ class TrainConfig(Strict):
     fail_once_at_step: int | None = Field(
         None, description="testing fault tolerance: rank 0 raises once at this step"
     )
+
+    @model_validator(mode="after")
+    def _reference_needs_lora(self) -> TrainConfig:
+        if self.dpo.reference == "adapter_disabled" and not self.lora.enabled:
+            raise ValueError("dpo.reference adapter_disabled needs lora.enabled")
+        return self
 
 
 with warnings.catch_warnings():

@@ -23,7 +23,7 @@ import torch
 
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.train.data import collate_pairs, collate_sft
-from ttpa_ray.train.objectives import DPOSettings, dpo_loss, sft_loss
+from ttpa_ray.train.objectives import AdapterDisabled, DPOSettings, dpo_loss, sft_loss
 
 
 def batch_at(examples: list[Any], index: int, size: int, seed: int) -> list[Any]:
@@ -74,7 +74,13 @@ class Trainer:
         self.examples = ray.get(c["examples"])[self.rank :: self.world]
         if not self.examples:
             raise ValueError(f"rank {self.rank}: no training examples (fewer rows than workers?)")
-        self.settings = DPOSettings(**self.cfg.dpo.model_dump()) if c["mode"] == "dpo" else None
+        dpo = self.cfg.dpo.model_dump(exclude={"reference"})
+        self.settings = DPOSettings(**dpo) if c["mode"] == "dpo" else None
+        self.reference = (
+            AdapterDisabled(self.engine.module)
+            if self.cfg.dpo.reference == "adapter_disabled"
+            else None
+        )
         self.out = Path(c["out_dir"])
         self.step = 0
 
@@ -117,7 +123,7 @@ class Trainer:
                 loss, metrics = sft_loss(self.engine, batch)
                 tokens += int(batch["attention_mask"].sum())
             else:
-                loss, metrics = dpo_loss(self.engine, batch, self.settings)
+                loss, metrics = dpo_loss(self.engine, batch, self.settings, self.reference)
                 # the prompt is forwarded once, each completion once (shared-prefix packing)
                 tokens += int(
                     batch["prompt_mask"].sum()

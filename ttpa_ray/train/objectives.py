@@ -108,6 +108,18 @@ def dpo_loss(
     return loss, metrics
 
 
+class AdapterDisabled:
+    """The LoRA policy with its adapter switched off: the reference with no second model
+    and no precompute (the base weights are frozen under LoRA, so this *is* the start)."""
+
+    def __init__(self, peft_model: Any) -> None:
+        self.model = peft_model
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with self.model.disable_adapter():
+            return self.model(**kwargs)
+
+
 @torch.no_grad()
 def precompute_reference(
     model: Any, examples: list[PairExample], pad_id: int, batch_size: int = 16

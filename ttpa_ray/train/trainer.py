@@ -162,7 +162,7 @@ def run_training(
     pad_id = int(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    if mode == "dpo":
+    if mode == "dpo" and cfg.dpo.reference == "precomputed":
         add_reference(examples, str(model_dir), pad_id, num_cpus=min(1.0, cfg.cpus_per_worker))
     loop_config = {
         "mode": mode,

@@ -1,0 +1,43 @@
+"""DeepSpeed config from TrainConfig: CPU vs GPU, ZeRO-3 export, schedule."""
+
+from __future__ import annotations
+
+from ttpa_ray.config import TrainConfig
+from ttpa_ray.train.ds import deepspeed_config, measure_matmul_flops
+from ttpa_ray.train.loop import batch_at
+
+
+def test_cpu_and_gpu_configs():
+    cfg = TrainConfig.model_validate(
+        {
+            "zero_stage": 3,
+            "micro_batch_size": 2,
+            "grad_accum": 4,
+            "max_steps": 5,
+            "warmup_steps": 50,
+        }
+    )
+    cpu = deepspeed_config(cfg, on_gpu=False)
+    assert cpu["optimizer"]["params"]["torch_adam"] is True and cpu["bf16"]["enabled"] is False
+    assert cpu["zero_optimization"] == {
+        "stage": 3,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    }
+    assert (cpu["train_micro_batch_size_per_gpu"], cpu["gradient_accumulation_steps"]) == (2, 4)
+    assert cpu["scheduler"]["params"]["warmup_num_steps"] == 4  # clamped below max_steps
+    gpu = deepspeed_config(cfg, on_gpu=True)
+    assert gpu["bf16"]["enabled"] is True and gpu["optimizer"]["params"]["torch_adam"] is False
+    forced = deepspeed_config(cfg.model_copy(update={"bf16": False}), on_gpu=True)
+    assert forced["bf16"]["enabled"] is False
+
+
+def test_batches_are_a_function_of_the_index():
+    items = list(range(10))
+    first = [batch_at(items, i, 3, seed=0) for i in range(6)]
+    assert first == [batch_at(items, i, 3, seed=0) for i in range(6)]  # resume sees the same
+    assert sorted(x for b in first[:3] for x in b) == sorted(set(x for b in first[:3] for x in b))
+    assert first[:3] != first[3:6]  # a new epoch, a new order
+
+
+def test_matmul_flops_is_positive():
+    assert measure_matmul_flops(64, seconds=0.05) > 1e6
