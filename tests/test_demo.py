@@ -35,3 +35,6 @@ def test_demo_end_to_end(tmp_path):
     assert sum(summary["construct"]["splits"].values()) + summary["construct"]["quarantined"] == 200
     assert (tmp_path / "demo" / "construct" / "card.md").exists()
     assert (tmp_path / "demo" / "tools" / "bfcl" / "bfcl_entries.parquet").exists()
+    sft = summary["sft"]
+    assert sft["steps"] == 30 and sft["loss_last"] < sft["loss_first"]
+    assert (tmp_path / "demo" / "sft" / "model" / "model.safetensors").exists()
