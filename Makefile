@@ -49,7 +49,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy ttpa_ray
 
 bench: $(BENCH_STAMP)
-	@for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

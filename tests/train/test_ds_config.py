@@ -25,6 +25,8 @@ def test_cpu_and_gpu_configs():
     }
     assert (cpu["train_micro_batch_size_per_gpu"], cpu["gradient_accumulation_steps"]) == (2, 4)
     assert cpu["scheduler"]["params"]["warmup_num_steps"] == 4  # clamped below max_steps
+    none = deepspeed_config(cfg.model_copy(update={"warmup_steps": 0}), on_gpu=False)
+    assert none["scheduler"]["params"]["warmup_num_steps"] == 1  # DeepSpeed's minimum
     gpu = deepspeed_config(cfg, on_gpu=True)
     assert gpu["bf16"]["enabled"] is True and gpu["optimizer"]["params"]["torch_adam"] is False
     forced = deepspeed_config(cfg.model_copy(update={"bf16": False}), on_gpu=True)

@@ -45,7 +45,8 @@ def deepspeed_config(cfg: TrainConfig, on_gpu: bool) -> dict[str, Any]:
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": cfg.max_steps,
-                "warmup_num_steps": min(cfg.warmup_steps, max(cfg.max_steps - 1, 0)),
+                # DeepSpeed wants ≥ 1 warmup step (1 step from 0 ≈ no warmup) and < total.
+                "warmup_num_steps": max(1, min(cfg.warmup_steps, cfg.max_steps - 1)),
                 "warmup_min_ratio": 0.0,
                 "cos_min_ratio": cfg.min_lr_ratio,
             },
