@@ -143,7 +143,8 @@ class TrainConfig(Strict):
     """Ray Train + DeepSpeed training (DESIGN §6): SFT, then DPO on pairs."""
 
     max_len: int = Field(1024, gt=8, description="tokens per sequence (prompt + completion)")
-    micro_batch_size: int = Field(8, gt=0, description="per worker per step")
+    micro_batch_size: int = Field(8, gt=0, description="per worker per step (rows)")
+    packing: bool = Field(True, description="SFT: pack short examples into max_len rows")
     grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
     max_steps: int = Field(100, gt=0, description="optimizer steps")
     lr: float = Field(1e-4, gt=0.0)

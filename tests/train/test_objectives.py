@@ -195,3 +195,27 @@ def test_settings_validation():
         DPOSettings(loss_type="nope")
     with pytest.raises(ValueError, match="beta"):
         DPOSettings(beta=0)
+
+
+def test_packed_sft_equals_padded_sft(model_dir, tokenizer):
+    from ttpa_ray.train.data import pack_sft
+
+    model = fresh_model(model_dir).eval()
+    examples = [
+        sft_example(tokenizer, build_episode(s, TOOLS).to_row(), n)
+        for s, n in zip(range(6), (200, 90, 150, 60, 120, 40), strict=True)
+    ]
+    packed = pack_sft(examples, max_len=300)
+    assert sum(p.n_examples for p in packed) == 6 and len(packed) < 6
+    assert all(len(p.input_ids) <= 300 for p in packed)
+    # no label at an example's first token: nothing is predicted across a boundary
+    for p in packed:
+        starts = [i for i, pos in enumerate(p.position_ids) if pos == 0]
+        assert all(p.labels[i] == IGNORE for i in starts)
+    with torch.no_grad():
+        padded_loss, padded = sft_loss(model, collate_sft(examples, tokenizer.pad_token_id))
+        packed_loss, packed_m = sft_loss(model, collate_sft(packed, tokenizer.pad_token_id))
+    # the same labelled tokens (an example's first label never counts: padded, the shift
+    # drops it; packed, it is IGNORE), each seeing only its own example
+    assert packed_m["tokens"] == padded["tokens"]
+    assert packed_loss.item() == pytest.approx(padded_loss.item(), abs=1e-4)

@@ -159,10 +159,53 @@ def _pad(seqs: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def collate_sft(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded `input_ids`, `attention_mask`, `labels` (`[B, T]`)."""
+@dataclass
+class PackedSFT:
+    """Several SFT examples in one row: `position_ids` restart at 0 for each, which
+    transformers turns into a block-diagonal causal mask (no attention across examples)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+    n_examples: int
+
+
+def pack_sft(examples: list[SFTExample], max_len: int) -> list[PackedSFT]:
+    """First-fit-decreasing packing of examples into rows of at most `max_len` tokens.
+
+    Each example's first label is IGNORE, so no token is predicted across a boundary.
+    """
+    rows: list[PackedSFT] = []
+    for e in sorted(examples, key=lambda e: -len(e.input_ids)):
+        n = len(e.input_ids)
+        row = next((r for r in rows if len(r.input_ids) + n <= max_len), None)
+        if row is None:
+            row = PackedSFT([], [], [], 0)
+            rows.append(row)
+        row.input_ids += e.input_ids
+        row.labels += [IGNORE, *e.labels[1:]]
+        row.position_ids += list(range(n))
+        row.n_examples += 1
+    return rows
+
+
+def collate_sft(examples: list[Any], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `[B, T]` batches: `input_ids`, `labels` and `attention_mask`; for
+    `PackedSFT` rows `position_ids` instead of the mask (the model derives the
+    block-diagonal mask from them) and `token_mask` (real tokens, for counting)."""
     ids, mask = _pad([e.input_ids for e in examples], pad_id, left=False)
     labels, _ = _pad([e.labels for e in examples], IGNORE, left=False)
+    if examples and isinstance(examples[0], PackedSFT):
+        # Padding continues the last positions, so it forms no sequence of its own
+        # that could be mistaken for a packed example; it has no labels either way.
+        width = ids.shape[1]
+        positions = torch.zeros_like(ids)
+        for i, e in enumerate(examples):
+            tail = range(
+                e.position_ids[-1] + 1, e.position_ids[-1] + 1 + width - len(e.position_ids)
+            )
+            positions[i] = torch.tensor([*e.position_ids, *tail], dtype=torch.long)
+        return {"input_ids": ids, "position_ids": positions, "labels": labels, "token_mask": mask}
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

@@ -50,7 +50,9 @@ def concat_logps(
     """
     ids = torch.cat([prompt_ids, comp_ids], dim=1)
     mask = torch.cat([prompt_mask, comp_mask], dim=1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False
+    ).logits
     p = prompt_ids.shape[1]
     # the token at p + t is predicted by the logits at p + t - 1
     return gather_logps(logits[:, p - 1 : -1], comp_ids) * comp_mask

@@ -121,7 +121,8 @@ class Trainer:
             batch = self._batch(self.step * self.cfg.grad_accum + m)
             if self.settings is None:
                 loss, metrics = sft_loss(self.engine, batch)
-                tokens += int(batch["attention_mask"].sum())
+                real = batch["token_mask"] if "token_mask" in batch else batch["attention_mask"]
+                tokens += int(real.sum())
             else:
                 loss, metrics = dpo_loss(self.engine, batch, self.settings, self.reference)
                 # the prompt is forwarded once, each completion once (shared-prefix packing)

@@ -16,8 +16,12 @@ Tensor = torch.Tensor
 
 
 def sft_loss(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-    """Mean cross-entropy over the labelled (assistant) tokens of `[B, T]` batches."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    """Mean cross-entropy over the labelled (assistant) tokens of `[B, T]` batches
+    (padded, with `attention_mask`, or packed, with `position_ids`)."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    # use_cache=False: no KV cache to build in training, and with a cache transformers
+    # ignores packed `position_ids` (the block-diagonal mask needs no cache).
+    logits = model(**inputs, use_cache=False).logits
     labels = batch["labels"][:, 1:]
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE

@@ -146,6 +146,7 @@ def run_training(
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"the tokenizer in {model_dir} has no chat template")
     rows = data_rows(data, mode)
+    examples: list[Any]
     examples, bad, truncated = prepare_examples(mode, rows, tokenizer, cfg.max_len)
     out.mkdir(parents=True, exist_ok=True)
     write_quarantine(out / "quarantine.parquet", bad)
@@ -158,6 +159,13 @@ def run_training(
         raise ValueError(
             f"{len(examples)} examples for {cfg.workers} workers: need at least one each"
         )
+    n_examples = len(examples)
+    if mode == "sft" and cfg.packing:
+        from ttpa_ray.train.data import pack_sft
+
+        packed = pack_sft(examples, cfg.max_len)
+        # Packing must leave every worker a row; tiny datasets train unpacked instead.
+        examples = list(packed) if len(packed) >= cfg.workers else examples
     init_ray()
     pad_id = int(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -196,6 +204,8 @@ def run_training(
     extra = {
         "mode": mode,
         "truncated": truncated,
+        "examples": n_examples,
+        "rows": len(examples),  # after SFT packing
         "steps": metrics[-1]["step"] if metrics else 0,
         "final": metrics[-1] if metrics else {},
         "checkpoint": str(result.checkpoint.path) if result.checkpoint else None,
