@@ -212,6 +212,8 @@ def _as_sft(example: Any) -> Any:
 
     if isinstance(example, SFTExample):
         return example
+    if hasattr(example, "position_ids"):  # a packed row: probed as one sequence
+        return SFTExample(example.input_ids, example.labels)
     ids = example.prompt_ids + example.chosen_ids
     return SFTExample(ids, ids)
 
