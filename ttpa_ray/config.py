@@ -114,7 +114,11 @@ class ConstructConfig(Strict):
 class LoraConfig(Strict):
     """PEFT LoRA on the policy (on by default for real models; the tiny model trains fully)."""
 
-    enabled: bool = Field(False, description="train LoRA adapters instead of all weights")
+    enabled: bool | None = Field(
+        None,
+        description="train LoRA adapters instead of all weights; None: on for models above "
+        "100M parameters (real checkpoints), off for smaller ones (the tiny model)",
+    )
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
@@ -171,7 +175,7 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _reference_needs_lora(self) -> TrainConfig:
-        if self.dpo.reference == "adapter_disabled" and not self.lora.enabled:
+        if self.dpo.reference == "adapter_disabled" and self.lora.enabled is False:
             raise ValueError("dpo.reference adapter_disabled needs lora.enabled")
         return self
 

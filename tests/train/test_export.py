@@ -113,4 +113,23 @@ def test_adapter_disabled_reference_matches_the_precomputed_one(model_dir):
     assert pre.item() == pytest.approx(disabled.item(), abs=1e-5)
     assert copy.copy(CFG).dpo.reference == "precomputed"
     with pytest.raises(ValueError, match="needs lora.enabled"):
-        TrainConfig.model_validate({"dpo": {"reference": "adapter_disabled"}})
+        TrainConfig.model_validate(
+            {"lora": {"enabled": False}, "dpo": {"reference": "adapter_disabled"}}
+        )
+
+
+def test_lora_is_on_by_default_for_real_models_only(model_dir, tmp_path):
+    from transformers import LlamaConfig
+
+    from ttpa_ray.train.trainer import resolve_lora
+
+    auto = TrainConfig()
+    assert auto.lora.enabled is None
+    assert resolve_lora(auto, model_dir).lora.enabled is False  # the tiny model: full training
+    big = tmp_path / "big"
+    LlamaConfig(
+        vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12
+    ).save_pretrained(big)  # ~200M parameters, config only: counted on the meta device
+    assert resolve_lora(auto, big).lora.enabled is True
+    off = TrainConfig.model_validate({"lora": {"enabled": False}})
+    assert resolve_lora(off, big).lora.enabled is False  # an explicit choice stands

@@ -127,7 +127,7 @@ def test_sft_zero2_two_workers_survives_a_failure(ray_local, tmp_path, model_dir
     losses = [m["loss"] for m in metrics(out)]
     assert losses[-1] < losses[0]
     assert all(m["tokens_per_s"] > 0 and m["mfu"] > 0 for m in metrics(out))
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((out / "ray" / "tensorboard").glob("events.out.tfevents.*"))
     mine, trained = exported_logps(out)
     assert torch.allclose(mine, trained, atol=1e-4)
 
@@ -153,9 +153,26 @@ def test_dpo_zero3_exports_gathered_weights(ray_local, tmp_path, model_dir, pair
     mine, trained = exported_logps(out)
     assert torch.allclose(mine, trained, atol=1e-4)
     assert manifest["stages"][0]["rows_in"] == len(read_rows(pairs_path))
+    # the reference log-probs are stored with the run (a re-run reuses them)
+    ref = read_rows(out / "reference.parquet")
+    assert len(ref) == 16 and all(len(r["ref_chosen"]) > 5 for r in ref)
+    assert all(x <= 0 for r in ref for x in r["ref_chosen"])
 
 
 def test_bad_training_inputs(tmp_path, model_dir, episodes):
+    import shutil
+
+    no_template = tmp_path / "no-template"
+    shutil.copytree(model_dir, no_template)
+    (no_template / "chat_template.jinja").unlink()
+    cfg_path = no_template / "tokenizer_config.json"
+    cfg_path.write_text(
+        json.dumps(
+            {k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "chat_template"}
+        )
+    )
+    with pytest.raises(ValueError, match="no chat template"):
+        run_training("sft", cfg(), episodes, no_template, tmp_path / "t")
     with pytest.raises(FileNotFoundError, match="no Parquet data"):
         run_training("sft", cfg(), tmp_path / "nothing", model_dir, tmp_path / "o")
     with pytest.raises(ValueError, match="lacks column"):
@@ -171,3 +188,36 @@ def test_bad_training_inputs(tmp_path, model_dir, episodes):
         run_training("sft", cfg(), bad, model_dir, tmp_path / "q")
     q = read_rows(tmp_path / "q" / "quarantine.parquet")
     assert len(q) == 3 and all("no assistant tokens" in r["reason"] for r in q)
+
+
+@pytest.mark.timeout(300)
+def test_reference_logps_are_stored_and_reused(
+    ray_local, tmp_path, model_dir, pairs_path, monkeypatch
+):
+    from transformers import AutoTokenizer
+
+    from ttpa_ray.train import trainer as tr
+    from ttpa_ray.train.data import pair_example
+
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    rows = read_rows(pairs_path)[:4]
+
+    def examples():
+        return [pair_example(tok, r, 384) for r in rows]
+
+    first = examples()
+    tr.reference_logps(first, model_dir, pairs_path, cfg(), tmp_path, tok.pad_token_id)
+    assert all(len(e.extra["ref_chosen"]) == len(e.chosen_ids) for e in first)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed although stored")
+
+    monkeypatch.setattr(tr, "add_reference", boom)
+    again = examples()
+    tr.reference_logps(again, model_dir, pairs_path, cfg(), tmp_path, tok.pad_token_id)
+    for a, b in zip(first, again, strict=True):
+        assert a.extra["ref_chosen"] == pytest.approx(b.extra["ref_chosen"], abs=1e-6)
+    with pytest.raises(AssertionError, match="recomputed"):  # another max_len: another key
+        tr.reference_logps(
+            examples(), model_dir, pairs_path, cfg(max_len=512), tmp_path, tok.pad_token_id
+        )

@@ -144,7 +144,8 @@ class Trainer:
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.out / "tensorboard"))
+            # under Ray Train's storage path, beside the run's checkpoints
+            writer = SummaryWriter(str(self.out / "ray" / "tensorboard"))
         while self.step < self.cfg.max_steps:
             t0 = time.perf_counter()
             metrics = self.train_step()

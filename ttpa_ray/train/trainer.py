@@ -15,8 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from ttpa_ray.config import TrainConfig
-from ttpa_ray.schema.io import StageCounts, read_rows, write_manifest, write_quarantine
+from ttpa_ray.schema.io import (
+    StageCounts,
+    config_hash,
+    read_rows,
+    write_manifest,
+    write_quarantine,
+    write_rows,
+)
 from ttpa_ray.schema.records import QuarantineRecord
 from ttpa_ray.train.data import PairExample, SkipExample, pair_example, sft_example
 
@@ -124,6 +133,77 @@ def add_reference(
         e.extra["ref_rejected"] = [float(x) for x in row["ref_rejected"]]
 
 
+REFERENCE_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("ref_chosen", pa.list_(pa.float32())),
+        ("ref_rejected", pa.list_(pa.float32())),
+    ]
+)
+
+
+def reference_logps(
+    examples: list[PairExample],
+    model_dir: Path,
+    data: str | Path,
+    cfg: TrainConfig,
+    out: Path,
+    pad_id: int,
+) -> None:
+    """Attach reference per-token log-probs to `examples`: from `out/reference.parquet` when
+    it was computed for the same model, data and `max_len`, else with the Ray Data stage
+    (and stored there, next to the run, so a re-run or a resumed run does not recompute)."""
+    files = sorted(p for p in model_dir.iterdir() if p.is_file())
+    key = config_hash(
+        {
+            "model": str(model_dir),
+            "model_files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+            "data": str(Path(data).resolve()),
+            "max_len": cfg.max_len,
+            "pairs": len(examples),
+        }
+    )
+    path, meta = out / "reference.parquet", out / "reference.json"
+    if path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
+        for r in read_rows(path):
+            e = examples[int(r["row"])]
+            e.extra["ref_chosen"], e.extra["ref_rejected"] = (
+                list(r["ref_chosen"]),
+                list(r["ref_rejected"]),
+            )
+        return
+    add_reference(examples, str(model_dir), pad_id, num_cpus=min(1.0, cfg.cpus_per_worker))
+    write_rows(
+        path,
+        [
+            {"row": i, "ref_chosen": e.extra["ref_chosen"], "ref_rejected": e.extra["ref_rejected"]}
+            for i, e in enumerate(examples)
+        ],
+        REFERENCE_SCHEMA,
+    )
+    meta.write_text(json.dumps({"key": key}))
+
+
+LORA_AUTO_PARAMS = 100_000_000
+
+
+def resolve_lora(cfg: TrainConfig, model_dir: Path) -> TrainConfig:
+    """`lora.enabled: None` → on for models above 100M parameters, off below (counted on
+    the meta device: nothing is allocated)."""
+    if cfg.lora.enabled is not None:
+        return cfg
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    n = sum(p.numel() for p in model.parameters())
+    enabled = n > LORA_AUTO_PARAMS
+    if not enabled and cfg.dpo.reference == "adapter_disabled":
+        raise ValueError(f"dpo.reference adapter_disabled needs LoRA; {n:,} parameters turn it off")
+    return cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": enabled})})
+
+
 def run_training(
     mode: str, cfg: TrainConfig, data: str | Path, model_dir: str | Path, out: str | Path
 ) -> dict[str, Any]:
@@ -142,6 +222,7 @@ def run_training(
     out, model_dir = Path(out).resolve(), Path(model_dir).resolve()
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    cfg = resolve_lora(cfg, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"the tokenizer in {model_dir} has no chat template")
@@ -171,7 +252,7 @@ def run_training(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     if mode == "dpo" and cfg.dpo.reference == "precomputed":
-        add_reference(examples, str(model_dir), pad_id, num_cpus=min(1.0, cfg.cpus_per_worker))
+        reference_logps(examples, model_dir, data, cfg, out, pad_id)
     loop_config = {
         "mode": mode,
         "train": cfg.model_dump(mode="json"),
