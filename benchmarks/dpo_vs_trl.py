@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import random
 import statistics
 import tempfile
 import time
@@ -30,42 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def make_pairs(n: int) -> list[dict[str, Any]]:
-    from ttpa_ray.construct.schema_teacher import build_episode
-    from ttpa_ray.schema.tool_call_text import render_assistant_text
-    from ttpa_ray.score.perturb import perturb_call
-    from ttpa_ray.tools.catalog import load_builtin
-
-    tools = load_builtin().tools
-    rng = random.Random(0)
-    rows, seed = [], 0
-    while len(rows) < n:
-        seed += 1
-        ep = build_episode(seed, tools)
-        msg = next(m for m in ep.messages if m.tool_calls)
-        call = {"name": msg.tool_calls[0].name, "arguments": msg.tool_calls[0].arguments}
-        names = [t["function"]["name"] for t in ep.tools]
-        bad = perturb_call(call, names, rng.choice(["wrong_value", "drop_arg"]), rng)
-        bad["arguments"] = json.loads(bad["arguments"])
-        if bad == call:
-            continue
-        tool = next(t for t in ep.tools if t["function"]["name"] == call["name"])
-        rows.append(
-            {
-                "id": f"p{seed}",
-                "prompt": [
-                    {"role": "system", "content": ep.system},
-                    {"role": "user", "content": ep.messages[0].content},
-                ],
-                "tools": json.dumps([tool]),
-                "chosen_text": render_assistant_text(None, [call]),
-                "rejected_text": render_assistant_text(None, [bad]),
-                "branch_token_index": -1,
-            }
-        )
-    return rows
 
 
 def run_ours(
@@ -110,12 +73,14 @@ def run_trl(
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    from ttpa_ray.schema.records import messages_to_openai
+
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     data = Dataset.from_list(
         [
             {
                 "prompt": tok.apply_chat_template(
-                    r["prompt"],
+                    messages_to_openai(r["prompt"]),
                     tools=json.loads(r["tools"]),
                     add_generation_prompt=True,
                     tokenize=False,
@@ -185,26 +150,14 @@ def main() -> None:
     from ttpa_ray.schema.io import write_rows
     from ttpa_ray.schema.records import PAIR_SCHEMA
     from ttpa_ray.tools.catalog import load_builtin
+    from ttpa_ray.train.synthetic import perturbed_pair_rows
     from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="dpo_vs_trl_"))
     tools = [t.to_openai() for t in load_builtin().tools]
     model_dir = create_tiny_model_dir(catalog_texts(tools, examples_per_tool=1), work / "tiny")
-    rows = make_pairs(args.pairs)
-    full = [
-        {
-            **r,
-            "prompt": [
-                {**m, "tool_calls": None, "tool_call_id": None, "name": None} for m in r["prompt"]
-            ],
-        }
-        for r in rows
-    ]
-    write_rows(
-        work / "pairs.parquet",
-        [{k: r.get(k) for k in PAIR_SCHEMA.names} for r in full],
-        PAIR_SCHEMA,
-    )
+    rows = perturbed_pair_rows(args.pairs, kinds=("wrong_value", "drop_arg"))
+    write_rows(work / "pairs.parquet", rows, PAIR_SCHEMA)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(

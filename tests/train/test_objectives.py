@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +12,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ttpa_ray.construct.schema_teacher import build_episode
-from ttpa_ray.schema.tool_call_text import render_assistant_text
-from ttpa_ray.score.perturb import perturb_call
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.data import (
     IGNORE,
@@ -26,6 +22,7 @@ from ttpa_ray.train.data import (
     sft_example,
 )
 from ttpa_ray.train.objectives import DPOSettings, dpo_loss, precompute_reference, sft_loss
+from ttpa_ray.train.synthetic import perturbed_pair_rows
 from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 TOOLS = load_builtin().tools
@@ -86,38 +83,12 @@ def test_sft_lowers_the_loss(model_dir, tokenizer):
 def pairs(tokenizer, n: int) -> list:
     """Gold call (chosen) vs a perturbed call (rejected), token-level: `branch_token_index`
     is where their token ids first differ."""
-    rng = random.Random(0)
     out = []
-    seed = 0
-    while len(out) < n:
-        seed += 1
-        ep = build_episode(seed, TOOLS)
-        call_msg = next(m for m in ep.messages if m.tool_calls)
-        call = call_msg.tool_calls[0]
-        names = [t["function"]["name"] for t in ep.tools]
-        kind = rng.choice(["wrong_value", "drop_arg", "wrong_tool"])
-        bad = perturb_call({"name": call.name, "arguments": call.arguments}, names, kind, rng)
-        bad["arguments"] = json.loads(bad["arguments"])
-        if bad == {"name": call.name, "arguments": call.arguments}:
-            continue
-        chosen_text = render_assistant_text(
-            None, [{"name": call.name, "arguments": call.arguments}]
-        )
-        rejected_text = render_assistant_text(None, [bad])
-        c = tokenizer(chosen_text, add_special_tokens=False)["input_ids"]
-        r = tokenizer(rejected_text, add_special_tokens=False)["input_ids"]
+    for row in perturbed_pair_rows(n):
+        c = tokenizer(row["chosen_text"], add_special_tokens=False)["input_ids"]
+        r = tokenizer(row["rejected_text"], add_special_tokens=False)["input_ids"]
         branch = next(i for i, (a, b) in enumerate(zip(c + [-1], r + [-2], strict=False)) if a != b)
-        tool = next(t for t in ep.tools if t["function"]["name"] == call.name)
-        row = {
-            "prompt": [{"role": "system", "content": ep.system}, ep.messages[0].to_openai()],
-            "tools": json.dumps([tool]),
-            "chosen_text": chosen_text,
-            "rejected_text": rejected_text,
-            "chosen_score": 1.0,
-            "rejected_score": 0.5,
-            "branch_token_index": branch,
-        }
-        out.append(pair_example(tokenizer, row, max_len=768))
+        out.append(pair_example(tokenizer, {**row, "branch_token_index": branch}, max_len=768))
     return out
 
 

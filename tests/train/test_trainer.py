@@ -4,7 +4,6 @@ with a gathered export, LoRA export round trips."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,9 @@ from ttpa_ray.config import TrainConfig
 from ttpa_ray.construct.schema_teacher import build_episode
 from ttpa_ray.schema.io import read_rows, write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA, PAIR_SCHEMA
-from ttpa_ray.schema.tool_call_text import render_assistant_text
-from ttpa_ray.score.perturb import perturb_call
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.logprobs import concat_logps
+from ttpa_ray.train.synthetic import perturbed_pair_rows
 from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 from ttpa_ray.train.trainer import run_training
 
@@ -41,47 +39,10 @@ def episodes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pairs_path(tmp_path_factory) -> Path:
-    rng = random.Random(0)
-    rows = []
-    for seed in range(1, 40):
-        ep = build_episode(seed, TOOLS)
-        msg = next(m for m in ep.messages if m.tool_calls)
-        call = {"name": msg.tool_calls[0].name, "arguments": msg.tool_calls[0].arguments}
-        bad = perturb_call(call, [t["function"]["name"] for t in ep.tools], "wrong_value", rng)
-        bad["arguments"] = json.loads(bad["arguments"])
-        if bad == call:
-            continue
-        tool = next(t for t in ep.tools if t["function"]["name"] == call["name"])
-        rows.append(
-            {
-                "id": f"p{seed}",
-                "episode_id": ep.id,
-                "turn_index": 1,
-                "prompt": [
-                    {
-                        "role": "system",
-                        "content": ep.system,
-                        "tool_calls": None,
-                        "tool_call_id": None,
-                        "name": None,
-                    },
-                    ep.messages[0].to_row(),
-                ],
-                "tools": json.dumps([tool]),
-                "chosen": None,
-                "rejected": None,
-                "chosen_score": 1.0,
-                "rejected_score": 0.6,
-                "source": "branch",
-                "branch_token_index": -1,
-                "chosen_text": render_assistant_text(None, [call]),
-                "rejected_text": render_assistant_text(None, [bad]),
-            }
-        )
-        if len(rows) == 16:
-            break
     path = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
-    write_rows(path, rows, PAIR_SCHEMA)
+    write_rows(
+        path, perturbed_pair_rows(16, kinds=("wrong_value",), rejected_score=0.6), PAIR_SCHEMA
+    )
     return path
 
 
