@@ -111,6 +111,84 @@ class ConstructConfig(Strict):
         return self
 
 
+class BranchConfig(Strict):
+    """Token-level branching (DESIGN §5)."""
+
+    top_k: int = Field(2, gt=0, description="policy alternatives taken per branch point")
+    lowest_k: int = Field(
+        2, ge=0, description="least likely gold tokens added as branch points"
+    )
+    max_branches: int = Field(8, gt=0, description="branches per turn (most likely kept)")
+
+
+class SampleConfig(Strict):
+    """TPS (DESIGN §5): candidates from the policy at every tool-call turn, ESM, pairs."""
+
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="hf (local dir, CPU/GPU) | vllm (Ray Data LLM) | openai endpoint"
+    )
+    policy: str | None = Field(None, description="model dir (hf, vllm) or base URL (openai)")
+    model: str | None = Field(None, description="openai: model name sent to the endpoint")
+    mode: Literal["n_sample", "branch", "both"] = "both"
+    split: str = Field("train", description="episodes split to sample (construct out dir)")
+    n: int = Field(5, gt=0, description="n_sample: completions per turn (before dedupe)")
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="n_sample temperature")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, gt=0, description="new tokens per candidate, at most")
+    length_factor: float = Field(
+        2.0, gt=0.0, description="hf: also stop at length_factor × gold tokens + 8"
+    )
+    branch: BranchConfig = BranchConfig()
+    kv_reuse: bool = Field(True, description="hf: branches reuse the teacher-forced KV cache")
+    threshold: float = Field(
+        0.8, ge=0.0, le=1.0, description="pair rule: best score below it → chosen = gold"
+    )
+    distractors: int | None = Field(
+        None,
+        ge=0,
+        description="tools per prompt: None = the episode's tools; k = called tools + k others",
+    )
+    max_turns_per_episode: int | None = Field(None, gt=0)
+    max_episodes: int | None = Field(None, gt=0, description="sample the first N episodes only")
+    seed: int = 0
+    shard_size: int = Field(50, gt=0, description="episodes per resumable shard")
+    workers: int = Field(1, gt=0, description="sampler actors (hf, openai)")
+    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per sampler actor")
+    num_gpus: float = Field(0.0, ge=0.0, description="hf: GPUs per actor")
+    batch_size: int = Field(4, gt=0, description="turns per actor batch")
+    device: str = Field("cpu", description="hf: torch device")
+    dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
+    max_prompt_tokens: int | None = Field(None, gt=0, description="hf: keep the last N")
+    # openai
+    api_key_env: str | None = None
+    max_concurrency: int = Field(8, gt=0)
+    max_retries: int = Field(3, ge=0)
+    timeout_s: float = Field(120.0, gt=0.0)
+    logprobs: bool = Field(True, description="openai: ask for token log-probs")
+    # vllm
+    tensor_parallel_size: int = Field(1, gt=0)
+    concurrency: int = Field(1, gt=0, description="vllm: engine replicas")
+    accelerator_type: str | None = None
+    enable_prefix_caching: bool = True
+    max_model_len: int = Field(8192, gt=0)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    vllm_batch_size: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> SampleConfig:
+        if self.engine == "openai":
+            if self.mode != "n_sample":
+                raise ValueError(
+                    "engine openai supports mode n_sample only: branching needs the policy's "
+                    "token-level view of the gold call (use engine hf or vllm)"
+                )
+            if not self.model:
+                raise ValueError("engine openai needs `model` (the served model's name)")
+        if self.device.startswith("cuda") and self.num_gpus == 0:
+            raise ValueError("device cuda needs num_gpus > 0 (GPUs per actor)")
+        return self
+
+
 class LoraConfig(Strict):
     """PEFT LoRA on the policy (on by default for real models; the tiny model trains fully)."""
 
@@ -190,6 +268,7 @@ with warnings.catch_warnings():
 
         construct: ConstructConfig = ConstructConfig()  # type: ignore[assignment]
         train: TrainConfig = TrainConfig()
+        sample: SampleConfig = SampleConfig()
 
 
 def load_config(path: str | Path | None) -> Config:

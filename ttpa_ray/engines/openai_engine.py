@@ -58,6 +58,18 @@ def _server_message(body: bytes) -> str:
     return text[:500]
 
 
+def choice_logprob(choice: Mapping[str, Any]) -> float | None:
+    """The summed log-probability of a choice's tokens (`logprobs.content[].logprob`), or
+    None when the server sent none."""
+    content = (choice.get("logprobs") or {}).get("content") if isinstance(choice, Mapping) else None
+    if not isinstance(content, list) or not content:
+        return None
+    try:
+        return float(sum(float(t["logprob"]) for t in content))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def choice_text(choice: Mapping[str, Any]) -> str:
     """One choice's text: `message.content`, plus `<tool_call>` blocks for its `tool_calls`."""
     message = choice.get("message") or {}
@@ -169,9 +181,14 @@ class OpenAIEngine:
             jitter = self._rng.uniform(0.5, 1.5)
         return self.backoff_s * 2 ** (retry - 1) * jitter
 
-    def complete(self, request: ChatRequest, params: GenerationParams) -> list[str]:
-        """The `params.n` texts for one request (retrying as documented on the class)."""
-        data = json.dumps(self.payload(request, params), ensure_ascii=False).encode("utf-8")
+    def choices(
+        self, request: ChatRequest, params: GenerationParams, **extra: Any
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The `params.n` choices of one request, in index order, and the response's
+        `usage` ({} if absent), retrying as documented on the class. `extra` adds body
+        fields, e.g. `logprobs=True`."""
+        body = {**self.payload(request, params), **extra}
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         label = f"request {request.request_id!r}" if request.request_id else "request"
         last = ""
         for attempt in range(self.max_retries + 1):
@@ -200,7 +217,12 @@ class OpenAIEngine:
             got = len(choices) if isinstance(choices, list) else 0
             raise EngineError(f"{label}: server returned {got} choices for n={params.n}")
         choices = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
-        return [choice_text(c) for c in choices[: params.n]]
+        usage = response.get("usage")
+        return choices[: params.n], usage if isinstance(usage, dict) else {}
+
+    def complete(self, request: ChatRequest, params: GenerationParams) -> list[str]:
+        """The `params.n` texts for one request (retrying as documented on the class)."""
+        return [choice_text(c) for c in self.choices(request, params)[0]]
 
     def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[list[str]]:
         """`params.n` texts per request, in request order; the first failure raises."""

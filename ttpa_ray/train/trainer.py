@@ -34,11 +34,14 @@ PAIR_COLUMNS = ("prompt", "tools")
 
 
 def data_rows(path: str | Path, mode: str) -> list[dict[str, Any]]:
-    """Rows of `path`: a Parquet file, a directory of them, or (sft) a construct output
-    directory (its `episodes/train.parquet`)."""
+    """Rows of `path`: a Parquet file, a directory of them, a construct output directory
+    (sft: its `episodes/train.parquet`) or a sample output directory (dpo: its
+    `pairs.parquet`)."""
     p = Path(path)
     if mode == "sft" and (p / "episodes" / "train.parquet").exists():
         p = p / "episodes" / "train.parquet"
+    if mode == "dpo" and (p / "pairs.parquet").is_file():
+        p = p / "pairs.parquet"
     files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
     if not files or not all(f.exists() for f in files):
         raise FileNotFoundError(f"no Parquet data at {path}")

@@ -1,0 +1,88 @@
+"""Token-level branching (DESIGN §5), engine-independent.
+
+Given the policy's view of the gold call under teacher forcing (per gold token: its
+log-probability and the policy's top-k tokens there), choose where to branch: every
+position where the policy's top-1 is not the gold token, plus the `lowest_k` positions
+where the gold token is least likely. At each point, the branch takes one of the
+policy's top alternatives instead of the gold token; an engine then decodes the rest
+of the call greedily. Candidates therefore share the gold prefix `gold[:index]` and
+differ at `index`.
+
+HF computes the positions from logits, vLLM from `prompt_logprobs`; both feed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GoldPosition:
+    """The policy at gold completion token `index` (teacher-forced on `gold[:index]`).
+
+    `gold_id`/`gold_logprob`: the gold token and its log-probability. `top`: the policy's
+    most likely tokens there as `(token_id, logprob)`, most likely first.
+    """
+
+    index: int
+    gold_id: int
+    gold_logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def diverges(self) -> bool:
+        """True when the policy's top-1 token is not the gold token."""
+        return bool(self.top) and self.top[0][0] != self.gold_id
+
+
+@dataclass(frozen=True)
+class BranchPoint:
+    """Branch at completion token `index` with `token_id` instead of the gold token."""
+
+    index: int
+    token_id: int
+    logprob: float
+
+
+@dataclass
+class BranchSettings:
+    """`top_k`: alternatives taken per point. `lowest_k`: low-probability gold tokens added
+    as points besides the divergent ones. `max_branches`: cap per turn (the most likely
+    alternatives win). `skip_special`: token ids never used as alternatives (e.g. the
+    end-of-turn token: a branch that ends the turn at once is not a call)."""
+
+    top_k: int = 2
+    lowest_k: int = 2
+    max_branches: int = 8
+    skip_special: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.lowest_k < 0 or self.max_branches < 1:
+            raise ValueError("branch settings: need top_k >= 1, lowest_k >= 0, max_branches >= 1")
+
+
+def branch_points(positions: list[GoldPosition], settings: BranchSettings) -> list[BranchPoint]:
+    """Where to branch and with which tokens, ordered by index then likelihood.
+
+    Points: divergent positions (policy top-1 ≠ gold) and the `lowest_k` least likely gold
+    tokens. Per point up to `top_k` alternatives (tokens ≠ gold, not in `skip_special`).
+    When over `max_branches`, the alternatives the policy likes most are kept: they are
+    the errors it would actually make.
+    """
+    chosen = {p.index for p in positions if p.diverges}
+    by_prob = sorted(positions, key=lambda p: (p.gold_logprob, p.index))
+    chosen.update(p.index for p in by_prob[: settings.lowest_k])
+    out: list[BranchPoint] = []
+    for p in positions:
+        if p.index not in chosen:
+            continue
+        alts = [(t, lp) for t, lp in p.top if t != p.gold_id and t not in settings.skip_special]
+        out += [BranchPoint(p.index, t, lp) for t, lp in alts[: settings.top_k]]
+    if len(out) > settings.max_branches:
+        out = sorted(out, key=lambda b: -b.logprob)[: settings.max_branches]
+    return sorted(out, key=lambda b: (b.index, -b.logprob))
+
+
+def branch_prefix(gold_ids: list[int], point: BranchPoint) -> list[int]:
+    """The completion tokens a branch starts from: `gold[:index] + [token]`."""
+    return [*gold_ids[: point.index], point.token_id]

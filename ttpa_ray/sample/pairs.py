@@ -1,0 +1,152 @@
+"""The pair rule (DESIGN §5) and the `pairs` rows it yields; TRL and ShareGPT exports.
+
+Pure Python. Per turn, with every candidate scored by ESM against the gold call:
+- best score < threshold: chosen = the gold answer, rejected = every candidate;
+- else chosen = a best-scoring candidate, rejected = every candidate scoring below it.
+A turn whose candidates all score the same (≥ threshold) yields no pair.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ttpa_ray.sample.candidates import Candidate, first_difference
+from ttpa_ray.schema.records import Message, PreferencePair
+from ttpa_ray.schema.tool_call_text import parse_tool_calls
+
+GOLD = "gold"
+
+
+@dataclass
+class ScoredCandidate:
+    candidate: Candidate
+    score: float
+    reason: str = ""
+
+
+@dataclass
+class PairChoice:
+    """One chosen/rejected decision. `chosen` is None when the gold answer is chosen."""
+
+    chosen: ScoredCandidate | None
+    rejected: ScoredCandidate
+
+
+def pair_rule(scored: list[ScoredCandidate], threshold: float = 0.8) -> list[PairChoice]:
+    """The pairs of one turn; the first best-scoring candidate is the chosen one."""
+    if not scored:
+        return []
+    best = max(scored, key=lambda s: s.score)
+    if best.score < threshold:
+        return [PairChoice(None, s) for s in scored]
+    return [PairChoice(best, s) for s in scored if s.score < best.score]
+
+
+def assistant_message(text: str) -> Message:
+    """A completion text as the assistant message it stands for (raw text if no calls)."""
+    parsed = parse_tool_calls(text)
+    if not parsed.tool_calls:
+        return Message("assistant", text)
+    return Message.from_any(
+        {"role": "assistant", "content": parsed.content or None, "tool_calls": parsed.tool_calls}
+    )
+
+
+def pair_rows(
+    turn: dict[str, Any],
+    scored: list[ScoredCandidate],
+    threshold: float = 0.8,
+    gold_ids: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """PAIR_SCHEMA rows of one turn (`turn`: a `Turn.to_row()` dict).
+
+    `source` is the rejected candidate's. `branch_token_index` (branch pairs): the first
+    completion token where chosen and rejected differ, from their training token ids
+    when both are known (retokenising a decoded branch can move it), else the
+    candidate's own index; -1 for n_sample pairs.
+    """
+    prompt = [Message.from_any(m) for m in json.loads(turn["prompt"])]
+    gold_msg = Message.from_any(json.loads(turn["gold"]))
+    rows = []
+    for k, choice in enumerate(pair_rule(scored, threshold)):
+        rej = choice.rejected.candidate
+        if choice.chosen is None:
+            chosen_text, chosen_msg, chosen_score, chosen_ids = (
+                turn["gold_text"],
+                gold_msg,
+                1.0,
+                gold_ids,
+            )
+        else:
+            c = choice.chosen.candidate
+            chosen_text, chosen_msg = c.text, assistant_message(c.text)
+            chosen_score, chosen_ids = choice.chosen.score, c.token_ids
+        branch = -1
+        if rej.source == "branch":
+            branch = rej.branch_token_index
+            if chosen_ids is not None and rej.token_ids is not None:
+                branch = first_difference(chosen_ids, rej.token_ids)
+        pair = PreferencePair(
+            id=f"{turn['id']}:p{k}",
+            episode_id=turn["episode_id"],
+            turn_index=int(turn["turn_index"]),
+            prompt=prompt,
+            tools=json.loads(turn["tools"]),
+            chosen=[chosen_msg],
+            rejected=[assistant_message(rej.text)],
+            chosen_score=float(chosen_score),
+            rejected_score=float(choice.rejected.score),
+            source=rej.source,
+            branch_token_index=branch,
+            chosen_text=chosen_text,
+            rejected_text=rej.text,
+        )
+        rows.append(pair.to_row())
+    return rows
+
+
+# -- exports ---------------------------------------------------------------------------------
+
+
+def _clean(messages: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    return [Message.from_any(m).to_openai() for m in messages or []]
+
+
+def to_trl(row: dict[str, Any]) -> dict[str, Any]:
+    """A `pairs` row → TRL's conversational preference example (+ `tools`)."""
+    return {
+        "prompt": _clean(row["prompt"]),
+        "chosen": _clean(row["chosen"]),
+        "rejected": _clean(row["rejected"]),
+        "tools": json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"],
+    }
+
+
+def _sharegpt_turn(m: dict[str, Any]) -> dict[str, str]:
+    role = m["role"]
+    if role == "assistant" and m.get("tool_calls"):
+        calls = [
+            {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+            for c in m["tool_calls"]
+        ]
+        return {"from": "function_call", "value": json.dumps(calls, ensure_ascii=False)}
+    name = {"user": "human", "assistant": "gpt", "tool": "observation", "system": "system"}[role]
+    return {"from": name, "value": m.get("content") or ""}
+
+
+def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
+    """A `pairs` row → ShareGPT preference format (LLaMA-Factory: `conversations`,
+    `chosen`, `rejected`, `system`, `tools`); function calls as `function_call` turns."""
+    prompt = _clean(row["prompt"])
+    system = prompt[0]["content"] if prompt and prompt[0]["role"] == "system" else ""
+    body = prompt[1:] if system else prompt
+    tools = row["tools"] if isinstance(row["tools"], str) else json.dumps(row["tools"])
+    return {
+        "conversations": [_sharegpt_turn(m) for m in body],
+        "chosen": _sharegpt_turn(_clean(row["chosen"])[0]),
+        "rejected": _sharegpt_turn(_clean(row["rejected"])[0]),
+        "system": system or "",
+        "tools": tools,
+    }

@@ -1,0 +1,476 @@
+"""TPS on Ray Data: turns → candidates (actor pool) → ESM (map) → pairs (map), resumable.
+
+The driver splits the episodes into shards and extracts their turns (pure, cheap; turns
+that cannot be prompts are quarantined there). Every pending shard's turns then stream
+through one Ray Data execution, so a policy is loaded once per actor per run:
+
+    sampler actors (hf: HFSampler, openai: OpenAISampler; vllm: Ray Data LLM processors)
+      → ESM map stage (scores every candidate against the gold call)
+      → pair map stage (the pair rule)
+
+Each shard is written the moment its last turn is out, with `_SUCCESS` (and the
+resume key) last; a re-run with unchanged config, policy and episodes skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ttpa_ray.config import SampleConfig
+from ttpa_ray.sample.candidates import Candidate, dedupe
+from ttpa_ray.sample.pairs import ScoredCandidate, pair_rows, to_sharegpt, to_trl
+from ttpa_ray.sample.turns import SAMPLED_SCHEMA, TURN_SCHEMA, Turn, episode_turns
+from ttpa_ray.schema.io import StageCounts, config_hash, read_table, write_manifest, write_rows
+from ttpa_ray.schema.records import PAIR_SCHEMA, QUARANTINE_SCHEMA, QuarantineRecord
+
+log = logging.getLogger("ttpa_ray")
+STAGE = "sample"
+SCORED_SCHEMA = SAMPLED_SCHEMA.append(pa.field("scores", pa.string()))
+PAIRED_SCHEMA = SCORED_SCHEMA.append(pa.field("pairs", pa.string()))
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("turn_id", pa.string()),
+        ("episode_id", pa.string()),
+        ("turn_index", pa.int32()),
+        ("source", pa.string()),
+        ("branch_token_index", pa.int32()),
+        ("text", pa.string()),
+        ("logprob", pa.float64()),
+        ("esm_score", pa.float64()),
+        ("esm_reason", pa.string()),
+    ]
+)
+
+
+# -- sampler actors ---------------------------------------------------------------------------
+
+
+def _settings(cfg: SampleConfig) -> Any:
+    from ttpa_ray.sample.branch import BranchSettings
+    from ttpa_ray.sample.hf_sampler import SampleSettings
+
+    return SampleSettings(
+        n=cfg.n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.max_tokens,
+        length_factor=cfg.length_factor,
+        seed=cfg.seed,
+        kv_reuse=cfg.kv_reuse,
+        branch=BranchSettings(cfg.branch.top_k, cfg.branch.lowest_k, cfg.branch.max_branches),
+    )
+
+
+def _sampled(row: dict[str, Any], cands: list[Candidate], gold_ids: Any, tokens: int) -> dict:
+    return {
+        **row,
+        "candidates": json.dumps([c.to_dict() for c in dedupe(cands)], ensure_ascii=False),
+        "gold_ids": json.dumps(gold_ids) if gold_ids is not None else None,
+        "forward_tokens": tokens,
+        "_quarantine_reason": None,
+    }
+
+
+def _failed(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    return {
+        **row,
+        "candidates": "[]",
+        "gold_ids": None,
+        "forward_tokens": 0,
+        "_quarantine_reason": reason,
+    }
+
+
+class SamplerStage:
+    """A Ray Data actor holding one policy (an HF model or an HTTP client): TURN rows in,
+    SAMPLED rows out, one per turn; a turn the engine cannot serve is marked, not raised."""
+
+    def __init__(self, config_json: str) -> None:
+        self.cfg = SampleConfig.model_validate_json(config_json)
+        if self.cfg.engine == "hf":
+            from ttpa_ray.engines.hf_engine import HFEngine
+            from ttpa_ray.sample.hf_sampler import HFSampler
+
+            engine = HFEngine(
+                str(self.cfg.policy),
+                device=self.cfg.device,
+                dtype=self.cfg.dtype,
+                max_prompt_tokens=self.cfg.max_prompt_tokens,
+            )
+            self.hf = HFSampler(engine, _settings(self.cfg))
+        else:
+            from ttpa_ray.sample.openai_sampler import OpenAISampler
+
+            self.openai = OpenAISampler(self.cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out = []
+        if self.cfg.engine == "openai":
+            results = self.openai.sample([Turn.from_row(r) for r in rows])
+            for row, res in zip(rows, results, strict=True):
+                if isinstance(res, Exception):
+                    out.append(_failed(row, f"engine_error: {res}"))
+                else:
+                    out.append(_sampled(row, res[0], None, res[1]))
+        else:
+            from ttpa_ray.engines.base import EngineError
+
+            for row in rows:
+                try:
+                    got = self.hf.sample(Turn.from_row(row), self.cfg.mode)
+                except EngineError as exc:
+                    out.append(_failed(row, f"engine_error: {exc}"))
+                    continue
+                ids = self.hf.train_ids(row["gold_text"])
+                out.append(_sampled(row, got.candidates, ids, got.forward_tokens))
+        return pa.Table.from_pylist(out, schema=SAMPLED_SCHEMA)
+
+
+# -- ESM and pair map stages ------------------------------------------------------------------
+
+
+def score_batch(batch: pa.Table) -> pa.Table:
+    """ESM map stage: a `scores` column (JSON list of `{score, reason}` per candidate)."""
+    from ttpa_ray.score.batch import ESMBatchScorer
+
+    scorer = ESMBatchScorer()
+    scores = []
+    for cands, gold, tools in zip(
+        batch["candidates"].to_pylist(),
+        batch["gold_calls"].to_pylist(),
+        batch["tools"].to_pylist(),
+        strict=True,
+    ):
+        row_scores = []
+        for c in json.loads(cands):
+            cells = scorer.score_row(c["text"], gold, tools)
+            row_scores.append({"score": cells[0], "reason": cells[6]})
+        scores.append(json.dumps(row_scores))
+    return batch.append_column("scores", pa.array(scores, type=pa.string()))
+
+
+def pair_batch(batch: pa.Table, threshold: float) -> pa.Table:
+    """Pair map stage: a `pairs` column (JSON list of PAIR_SCHEMA rows per turn)."""
+    pairs = []
+    for row in batch.to_pylist():
+        if row["_quarantine_reason"] is not None:
+            pairs.append("[]")
+            continue
+        scored = [
+            ScoredCandidate(Candidate.from_dict(c), s["score"], s["reason"] or "")
+            for c, s in zip(json.loads(row["candidates"]), json.loads(row["scores"]), strict=True)
+        ]
+        gold_ids = json.loads(row["gold_ids"]) if row["gold_ids"] else None
+        pairs.append(json.dumps(pair_rows(row, scored, threshold, gold_ids), ensure_ascii=False))
+    return batch.append_column("pairs", pa.array(pairs, type=pa.string()))
+
+
+def build_dataset(cfg: SampleConfig, turns: pa.Table, processor_factory: Any = None) -> Any:
+    """The Ray Data pipeline over TURN rows; yields PAIRED rows, one per turn."""
+    import ray
+
+    block = max(1, min(cfg.batch_size * 4, -(-turns.num_rows // max(1, 2 * cfg.workers))))
+    ds: Any = ray.data.from_arrow([turns.slice(i, block) for i in range(0, turns.num_rows, block)])
+    if cfg.engine == "vllm":
+        from ttpa_ray.sample.vllm_sampler import vllm_sample
+
+        ds = vllm_sample(ds, cfg, processor_factory)
+    else:
+        ds = ds.map_batches(
+            SamplerStage,
+            fn_constructor_args=(cfg.model_dump_json(),),
+            compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus or None,
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+        )
+    # Light CPU stages (fused into one task per block).
+    light = {"batch_format": "pyarrow", "num_cpus": 0.25}
+    ds = ds.map_batches(score_batch, **light)
+    return ds.map_batches(pair_batch, fn_args=(cfg.threshold,), **light)
+
+
+# -- driver -----------------------------------------------------------------------------------
+
+
+def resolve_episodes(path: str | Path, split: str) -> Path:
+    """A construct out dir (→ `episodes/<split>.parquet`), or a Parquet file/dir."""
+    p = Path(path)
+    candidate = p / "episodes" / f"{split}.parquet"
+    if candidate.exists():
+        return candidate
+    if p.is_file() or (p.is_dir() and any(p.glob("*.parquet"))):
+        return p
+    raise FileNotFoundError(
+        f"no episodes at {p}: expected a construct out dir with episodes/{split}.parquet, "
+        "or a Parquet file"
+    )
+
+
+def _fingerprint(path: Path) -> str:
+    """Content hash of a file, or of a directory's files (names, sizes, bytes)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _policy_id(cfg: SampleConfig) -> str:
+    p = Path(str(cfg.policy))
+    if cfg.engine != "openai" and p.is_dir():
+        return _fingerprint(p)
+    return f"{cfg.policy}|{cfg.model}"
+
+
+def _check_inputs(cfg: SampleConfig) -> None:
+    if not cfg.policy:
+        raise ValueError("sample.policy: set the policy (a model dir, or a base URL for openai)")
+    if cfg.engine != "openai" and not Path(cfg.policy).is_dir():
+        raise FileNotFoundError(f"sample.policy: model directory {cfg.policy} does not exist")
+    if cfg.engine == "openai" and cfg.api_key_env and cfg.api_key_env not in os.environ:
+        raise ValueError(f"sample.api_key_env: environment variable {cfg.api_key_env} is not set")
+
+
+def _shard_turns(
+    episodes: list[dict[str, Any]], shard: int, cfg: SampleConfig
+) -> tuple[list[dict[str, Any]], list[QuarantineRecord], int]:
+    rows, bad, found = [], [], 0
+    for ep in episodes:
+        turns, q = episode_turns(ep, cfg.max_turns_per_episode, cfg.distractors)
+        rows += [{**t.to_row(), "shard": shard} for t in turns]
+        bad += q
+        found += len(turns) + len(q)
+    return rows, bad, found
+
+
+def run_sample(
+    cfg: SampleConfig,
+    episodes: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    stop_after_shards: int | None = None,
+    processor_factory: Any = None,
+) -> dict[str, Any]:
+    """Sample candidates, score them and build pairs into `out`; resume finished shards.
+
+    Writes `out/pairs.parquet`, `out/candidates.parquet` (every scored candidate),
+    `out/quarantine.parquet`, `out/export/{trl,sharegpt}.jsonl` and `out/manifest.json`
+    (returned). Raises ValueError on empty input or when no turn could be sampled.
+    """
+    from tqdm import tqdm
+
+    from ttpa_ray.ray_utils import init_ray
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    _check_inputs(cfg)
+    src = resolve_episodes(episodes, cfg.split)
+    table = read_table(src)
+    if cfg.max_episodes is not None:
+        table = table.slice(0, cfg.max_episodes)
+    if table.num_rows == 0:
+        raise ValueError(f"sample: no episodes in {src}")
+    key = config_hash(
+        {
+            "cfg": cfg.model_dump(exclude={"workers", "num_cpus", "batch_size", "shard_size"}),
+            "policy": _policy_id(cfg),
+            "episodes": _fingerprint(src),
+        }
+    )
+    shards: list[Path] = []
+    pending: dict[int, tuple[Path, list[dict[str, Any]], list[QuarantineRecord], int]] = {}
+    for k, start in enumerate(range(0, table.num_rows, cfg.shard_size)):
+        n = min(cfg.shard_size, table.num_rows - start)
+        shard = out / "shards" / f"shard-{start:08d}-{n}"
+        shards.append(shard)
+        done = shard / "_SUCCESS"
+        if done.exists() and json.loads(done.read_text()).get("key") == key:
+            continue
+        rows, bad, found = _shard_turns(table.slice(start, n).to_pylist(), k, cfg)
+        pending[k] = (shard, rows, bad, found)
+    skipped = len(shards) - len(pending)
+    bar = tqdm(
+        total=len(shards), initial=skipped, desc="sample shards", unit="shard", disable=not progress
+    )
+    ran = 0
+    # Shards without a single turn to sample are finished in the driver.
+    for k in [k for k, p in pending.items() if not p[1]]:
+        shard, _, bad, found = pending.pop(k)
+        _write_shard(shard, pa.Table.from_pylist([], schema=PAIRED_SCHEMA), bad, found, key)
+        ran += 1
+        bar.update(1)
+    if pending and stop_after_shards != 0:
+        init_ray()
+        turns = pa.Table.from_pylist(
+            [r for p in pending.values() for r in p[1]], schema=TURN_SCHEMA
+        )
+        ds = build_dataset(cfg, turns, processor_factory)
+        parts: dict[int, list[pa.Table]] = {k: [] for k in pending}
+        have = dict.fromkeys(pending, 0)
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            owners = batch["shard"].to_pylist()
+            for k in dict.fromkeys(owners):
+                part = batch.filter(pc.equal(batch["shard"], k))
+                parts[k].append(part)
+                have[k] += part.num_rows
+                shard, rows, bad, found = pending[k]
+                if have[k] < len(rows):
+                    continue
+                done_table = pa.concat_tables(parts.pop(k)).sort_by("id")
+                n_pairs = _write_shard(shard, done_table, bad, found, key)
+                ran += 1
+                bar.update(1)
+                bar.set_postfix(pairs=n_pairs)
+                if ran == stop_after_shards:
+                    break
+            if ran == stop_after_shards:
+                break
+    bar.close()
+    if skipped + ran < len(shards):
+        return {"interrupted": True, "shards_run": ran, "shards_skipped": skipped}
+    return _finalize(cfg, src, out, shards, key, ran, skipped, time.perf_counter() - t0)
+
+
+def _candidate_rows(table: pa.Table) -> list[dict[str, Any]]:
+    rows = []
+    for r in table.select(["id", "episode_id", "turn_index", "candidates", "scores"]).to_pylist():
+        for c, s in zip(json.loads(r["candidates"]), json.loads(r["scores"]), strict=True):
+            rows.append(
+                {
+                    "turn_id": r["id"],
+                    "episode_id": r["episode_id"],
+                    "turn_index": r["turn_index"],
+                    "source": c["source"],
+                    "branch_token_index": c["branch_token_index"],
+                    "text": c["text"],
+                    "logprob": c.get("logprob"),
+                    "esm_score": s["score"],
+                    "esm_reason": s["reason"],
+                }
+            )
+    return rows
+
+
+def _write_shard(
+    shard: Path, table: pa.Table, bad: list[QuarantineRecord], found: int, key: str
+) -> int:
+    """A finished shard: pairs, scored candidates, quarantine and counts; `_SUCCESS` last."""
+    ok = table.filter(pc.is_null(table["_quarantine_reason"]))
+    failed = table.filter(pc.is_valid(table["_quarantine_reason"]))
+    pairs = [p for s in ok["pairs"].to_pylist() for p in json.loads(s)]
+    write_rows(shard / "pairs.parquet", pairs, PAIR_SCHEMA)
+    cands = _candidate_rows(ok)
+    write_rows(shard / "candidates.parquet", cands, CANDIDATE_SCHEMA)
+    q = [r.to_row() for r in bad]
+    for r in failed.select(TURN_SCHEMA.names + ["_quarantine_reason"]).to_pylist():
+        reason = r.pop("_quarantine_reason")
+        q.append(QuarantineRecord.of(f"{STAGE}.candidates", r["id"], reason, r).to_row())
+    write_rows(shard / "quarantine.parquet", q, QUARANTINE_SCHEMA)
+    paired_turns = len({p["id"].rsplit(":p", 1)[0] for p in pairs})
+    counts = {
+        "turns": StageCounts(f"{STAGE}.turns", found, table.num_rows, len(bad)),
+        "candidates": StageCounts(
+            f"{STAGE}.candidates", table.num_rows, ok.num_rows, failed.num_rows
+        ),
+        "score": StageCounts(f"{STAGE}.score", len(cands), len(cands), 0),
+        "pairs": StageCounts(f"{STAGE}.pairs", ok.num_rows, ok.num_rows, 0),
+    }
+    by_source = Counter(p["source"] for p in pairs)
+    extra = {
+        "pairs": len(pairs),
+        "pairs_by_source": dict(by_source),
+        "turns_with_pairs": paired_turns,
+        "forward_tokens": int(pc.sum(ok["forward_tokens"]).as_py() or 0),
+        "candidates_by_source": dict(Counter(c["source"] for c in cands)),
+    }
+    (shard / "counts.json").write_text(
+        json.dumps({"counts": {k: c.__dict__ for k, c in counts.items()}, **extra})
+    )
+    (shard / "_SUCCESS").write_text(json.dumps({"key": key}))
+    return len(pairs)
+
+
+def _finalize(
+    cfg: SampleConfig,
+    src: Path,
+    out: Path,
+    shards: list[Path],
+    key: str,
+    ran: int,
+    skipped: int,
+    seconds: float,
+) -> dict[str, Any]:
+    pairs = pa.concat_tables([read_table(s / "pairs.parquet") for s in shards])
+    cands = pa.concat_tables([read_table(s / "candidates.parquet") for s in shards])
+    quarantine = pa.concat_tables([read_table(s / "quarantine.parquet") for s in shards])
+    totals: dict[str, StageCounts] = {}
+    extra: dict[str, Any] = {"pairs_by_source": Counter(), "candidates_by_source": Counter()}
+    for s in shards:
+        data = json.loads((s / "counts.json").read_text())
+        for name, c in data.pop("counts").items():
+            prev = totals.get(name) or StageCounts(c["stage"], 0, 0, 0)
+            totals[name] = StageCounts(
+                c["stage"],
+                prev.rows_in + c["rows_in"],
+                prev.rows_out + c["rows_out"],
+                prev.rows_quarantined + c["rows_quarantined"],
+            )
+        for k, v in data.items():
+            if isinstance(v, dict):
+                extra[k].update(v)
+            else:
+                extra[k] = extra.get(k, 0) + v
+    counts = [c.check() for c in totals.values()]
+    write_rows(out / "quarantine.parquet", quarantine.to_pylist(), QUARANTINE_SCHEMA)
+    write_rows(out / "candidates.parquet", cands.to_pylist(), CANDIDATE_SCHEMA)
+    reasons = Counter(r.split(":")[0] for r in quarantine["reason"].to_pylist())
+    manifest_extra = {
+        "engine": cfg.engine,
+        "mode": cfg.mode,
+        "policy": cfg.policy,
+        "episodes": str(src),
+        "resume_key": key,
+        "shards_run": ran,
+        "shards_skipped": skipped,
+        "seconds": round(seconds, 2),
+        "quarantine_reasons": dict(reasons),
+        **{k: dict(v) if isinstance(v, Counter) else v for k, v in extra.items()},
+    }
+    if extra["pairs"]:
+        manifest_extra["forward_tokens_per_pair"] = round(
+            extra["forward_tokens"] / extra["pairs"], 1
+        )
+    if cands.num_rows:
+        manifest_extra["mean_candidate_esm"] = round(pc.mean(cands["esm_score"]).as_py(), 4)
+    if pairs.num_rows == 0:
+        write_manifest(out, counts, config=cfg.model_dump(mode="json"), extra=manifest_extra)
+        top = ", ".join(f"{k} ×{v}" for k, v in reasons.items()) or "every turn scored alike"
+        raise ValueError(f"sample: no preference pairs from {src} ({top}); see {out}")
+    rows = pairs.to_pylist()
+    write_rows(out / "pairs.parquet", rows, PAIR_SCHEMA)
+    export = out / "export"
+    export.mkdir(parents=True, exist_ok=True)
+    for name, fn in (("trl", to_trl), ("sharegpt", to_sharegpt)):
+        with (export / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(fn(r), ensure_ascii=False) + "\n")
+    (out / "config.resolved.json").write_text(cfg.model_dump_json(indent=2))
+    path = write_manifest(out, counts, config=cfg.model_dump(mode="json"), extra=manifest_extra)
+    return json.loads(path.read_text())
