@@ -151,6 +151,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from ttpa_ray.config import describe, load_config
+    from ttpa_ray.sample.stage import run_sample
+
+    cfg = load_config(args.config).sample
+    updates: dict[str, Any] = {"policy": args.policy}
+    if args.policy.startswith(("http://", "https://")):
+        updates["engine"] = "openai"
+    for key in ("engine", "mode", "model", "n", "workers", "split", "max_episodes", "distractors"):
+        if getattr(args, key) is not None:
+            updates[key] = getattr(args, key)
+    try:
+        cfg = type(cfg).model_validate({**cfg.model_dump(), **updates})
+    except ValidationError as e:
+        raise UsageError(f"invalid sample settings:\n  {describe(e, 'sample.')}") from None
+    m = run_sample(cfg, args.episodes, args.out)
+    print(
+        f"pairs: {m['pairs']} {m['pairs_by_source']} from {m['stages'][1]['rows_out']} turns; "
+        f"quarantined turns: {m['stages'][0]['rows_quarantined'] + m['stages'][1]['rows_quarantined']} "
+        f"(shards run {m['shards_run']}, skipped {m['shards_skipped']}) → {args.out}"
+    )
+    if "forward_tokens_per_pair" in m:
+        print(f"forward tokens per pair: {m['forward_tokens_per_pair']}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ttpa_ray.construct.dataset import EXPORTERS
     from ttpa_ray.schema.io import read_rows
@@ -244,6 +272,35 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=int, help="Ray Train workers (overrides the config)")
     tr.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
     tr.set_defaults(func=_cmd_train)
+
+    sm = sub.add_parser(
+        "sample", help="TPS: candidates at every tool-call turn, ESM, pairs (resumable)"
+    )
+    sm.add_argument("--config", help="YAML config (its `sample` section)")
+    sm.add_argument(
+        "--policy", required=True, help="policy model dir (hf, vllm) or endpoint URL (openai)"
+    )
+    sm.add_argument(
+        "--episodes",
+        required=True,
+        help="construct out dir (its episodes/<split>.parquet) or Parquet",
+    )
+    sm.add_argument("--mode", choices=["n_sample", "branch", "both"])
+    sm.add_argument(
+        "--engine", choices=["hf", "vllm", "openai"], help="default: hf, openai for a URL"
+    )
+    sm.add_argument("--model", help="openai: the served model's name")
+    sm.add_argument("--n", type=int, help="n_sample: completions per turn")
+    sm.add_argument("--workers", type=int, help="sampler actors")
+    sm.add_argument("--split", help="episodes split (default train)")
+    sm.add_argument("--max-episodes", type=int, help="sample the first N episodes only")
+    sm.add_argument(
+        "--distractors",
+        type=int,
+        help="offer the called tools + N others per prompt (default: the episode's tools)",
+    )
+    sm.add_argument("--out", required=True, help="output directory (re-running resumes)")
+    sm.set_defaults(func=_cmd_sample)
 
     e = sub.add_parser("export", help="export episodes as sharegpt or openai-jsonl")
     e.add_argument("--episodes", required=True, help="an episodes .parquet or a directory of them")

@@ -462,7 +462,11 @@ def _finalize(
     if pairs.num_rows == 0:
         write_manifest(out, counts, config=cfg.model_dump(mode="json"), extra=manifest_extra)
         top = ", ".join(f"{k} ×{v}" for k, v in reasons.items()) or "every turn scored alike"
-        raise ValueError(f"sample: no preference pairs from {src} ({top}); see {out}")
+        first = quarantine["reason"][0].as_py()[:300] if quarantine.num_rows else ""
+        raise ValueError(
+            f"sample: no preference pairs from {src} ({top}); see {out}/quarantine.parquet"
+            + (f"; first: {first}" if first else "")
+        )
     rows = pairs.to_pylist()
     write_rows(out / "pairs.parquet", rows, PAIR_SCHEMA)
     export = out / "export"
