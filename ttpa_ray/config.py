@@ -115,9 +115,7 @@ class BranchConfig(Strict):
     """Token-level branching (DESIGN §5)."""
 
     top_k: int = Field(2, gt=0, description="policy alternatives taken per branch point")
-    lowest_k: int = Field(
-        2, ge=0, description="least likely gold tokens added as branch points"
-    )
+    lowest_k: int = Field(2, ge=0, description="least likely gold tokens added as branch points")
     max_branches: int = Field(8, gt=0, description="branches per turn (most likely kept)")
 
 

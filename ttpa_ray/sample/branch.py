@@ -13,6 +13,7 @@ HF computes the positions from logits, vLLM from `prompt_logprobs`; both feed he
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -86,3 +87,19 @@ def branch_points(positions: list[GoldPosition], settings: BranchSettings) -> li
 def branch_prefix(gold_ids: list[int], point: BranchPoint) -> list[int]:
     """The completion tokens a branch starts from: `gold[:index] + [token]`."""
     return [*gold_ids[: point.index], point.token_id]
+
+
+def sample_cap(gold_len: int, max_tokens: int, length_factor: float) -> int:
+    """New tokens an n-sample candidate may take: `max_tokens`, and at most
+    `length_factor` × the gold call's length + 8 (a candidate far longer than the gold
+    call is wrong anyway; decoding it further only costs)."""
+    return max(1, min(max_tokens, math.ceil(length_factor * gold_len) + 8))
+
+
+def branch_cap(gold_len: int, index: int, max_tokens: int, length_factor: float) -> int:
+    """Tokens a branch may take from its branch point on (the branch token included): the
+    rest of the gold call × `length_factor` + 8, within `max_tokens` for the whole
+    completion (the shared gold prefix counts); at least 2, so every branch decodes one
+    token past its branch token (an engine cannot be asked for zero new tokens)."""
+    rest = math.ceil(length_factor * max(gold_len - index, 1)) + 8
+    return max(2, min(max_tokens - index, rest))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,14 @@ import torch
 from ttpa_ray.engines.base import ChatRequest
 from ttpa_ray.engines.hf_engine import HFEngine
 from ttpa_ray.sample import tokens
-from ttpa_ray.sample.branch import BranchSettings, GoldPosition, branch_points, branch_prefix
+from ttpa_ray.sample.branch import (
+    BranchSettings,
+    GoldPosition,
+    branch_cap,
+    branch_points,
+    branch_prefix,
+    sample_cap,
+)
 from ttpa_ray.sample.candidates import Candidate
 from ttpa_ray.sample.turns import Turn
 
@@ -95,8 +101,7 @@ class HFSampler:
         return tokens.train_ids(self.tok, text)
 
     def _cap(self, gold_len: int) -> int:
-        s = self.settings
-        return max(1, min(s.max_tokens, math.ceil(s.length_factor * gold_len) + 8))
+        return sample_cap(gold_len, self.settings.max_tokens, self.settings.length_factor)
 
     # -- the decode loop --------------------------------------------------------------------
 
@@ -124,7 +129,7 @@ class HFSampler:
         logprob0: torch.Tensor,
         mask: torch.Tensor | None,
         positions: torch.Tensor | None,
-        cap: int,
+        cap: int | list[int],
         gen: torch.Generator | None,
     ) -> tuple[list[list[int]], list[float], int]:
         """Decode from `first` tokens (`[B]`, already chosen) until an end of turn or `cap`
@@ -132,13 +137,16 @@ class HFSampler:
         positions. → (tokens per row incl. `first` and the end token, summed log-probs,
         tokens forwarded)."""
         rows = list(range(first.shape[0]))
+        caps = cap if isinstance(cap, list) else [cap] * len(rows)
         out: list[list[int]] = [[int(t)] for t in first]
         logps = [float(x) for x in logprob0]
         cur = first.clone()
         forwarded = 0
         while True:
             live = [
-                k for k, r in enumerate(rows) if out[r][-1] not in self.eos and len(out[r]) < cap
+                k
+                for k, r in enumerate(rows)
+                if out[r][-1] not in self.eos and len(out[r]) < caps[r]
             ]
             if not live:
                 break
@@ -224,11 +232,12 @@ class HFSampler:
         points = branch_points(positions, self.branch_settings)
         if not points:
             return TurnSample([], fwd, gold)
-        cap = self._cap(len(gold))
-        if self.settings.kv_reuse:
-            seqs, logps, more = self._branch_reuse(cache, len(prompt), len(gold), points, cap)
+        s = self.settings
+        caps = [branch_cap(len(gold), p.index, s.max_tokens, s.length_factor) for p in points]
+        if s.kv_reuse:
+            seqs, logps, more = self._branch_reuse(cache, len(prompt), len(gold), points, caps)
         else:
-            seqs, logps, more = self._branch_naive(prompt, gold, points, cap)
+            seqs, logps, more = self._branch_naive(prompt, gold, points, caps)
         cands = []
         for p, ids, lp in zip(points, seqs, logps, strict=True):
             text = self._text(gold[: p.index] + ids)
@@ -237,7 +246,7 @@ class HFSampler:
         return TurnSample(cands, fwd + more, gold)
 
     def _branch_reuse(
-        self, cache: Any, n_prompt: int, n_gold: int, points: list[Any], cap: int
+        self, cache: Any, n_prompt: int, n_gold: int, points: list[Any], caps: list[int]
     ) -> tuple[list[list[int]], list[float], int]:
         """All branches as one batch over copies of the teacher-forced cache."""
         b = len(points)
@@ -248,17 +257,14 @@ class HFSampler:
             mask[k, n_prompt + p.index :] = 0  # gold tokens from the branch point on
         positions = torch.tensor([n_prompt + p.index for p in points], device=self.device)
         first = torch.tensor([p.token_id for p in points], device=self.device)
-        seqs, logps, fwd = self._decode(
-            cache, first, torch.zeros(b), mask, positions, cap - 0, None
-        )
-        return seqs, logps, fwd
+        return self._decode(cache, first, torch.zeros(b), mask, positions, caps, None)
 
     def _branch_naive(
-        self, prompt: list[int], gold: list[int], points: list[Any], cap: int
+        self, prompt: list[int], gold: list[int], points: list[Any], caps: list[int]
     ) -> tuple[list[list[int]], list[float], int]:
         """Each branch recomputes prompt + gold prefix from scratch (no KV reuse)."""
         seqs, logps, fwd = [], [], 0
-        for p in points:
+        for p, cap in zip(points, caps, strict=True):
             prefix = prompt + branch_prefix(gold, p)
             _, cache = self._forward(torch.tensor([prefix[:-1]]), None, logits_to_keep=1)
             fwd += len(prefix) - 1
