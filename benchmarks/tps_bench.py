@@ -7,10 +7,16 @@ a short in-process SFT warm start on the same kind of turns (an untrained model 
 which says nothing about a policy that is mostly right, the case TPS is for). Turns offer
 the called tools + 1 distractor (the tiny model's context is 2,048 tokens).
 
-- `n_sample`: n=5 samples at temperature 1 (our implementation already forwards the
-  prompt once and shares its KV cache, which flatters the baseline).
-- `branch`: teacher-forced gold + greedy branches at divergent / least likely gold tokens.
+- `n_sample`: n=5 samples at temperature 1; the prompt is forwarded once and its KV
+  cache shared by the samples (our default).
+- `n_sample (reference)`: the same samples with the prompt forwarded once per sample, as
+  `generate(num_return_sequences=n)` or an endpoint without prefix caching computes them.
+- `branch`: teacher-forced gold + greedy branches at divergent / least likely gold tokens,
+  decoded on copies of the teacher-forced KV cache (our default).
 - `branch (no KV reuse)`: the same branches, each recomputing prompt + gold prefix.
+
+The RESULT ratio compares the two defaults (both share the prompt: the fair comparison);
+the ratio against the reference n-sample is printed too.
 
 Pairs come from the pair rule over ESM scores (threshold 0.8), as `ttpa-ray sample`
 builds them. Forward tokens = tokens the model computed (prompt, teacher forcing, decode
@@ -41,7 +47,9 @@ def warm_start(model: Any, tok: Any, turns: list[Any], steps: int, seed: int) ->
     for t in turns:
         row = {"messages": [*t.prompt[1:], t.gold], "system": t.prompt[0]["content"]}
         row["tools"] = json.dumps(t.tools)
-        examples.append(sft_example(tok, row, max_len=2048))
+        # the last 1,024 tokens hold the gold call and the tool it calls: enough to learn
+        # the format and names, at half the cost of full prompts
+        examples.append(sft_example(tok, row, max_len=1024))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     rng = random.Random(seed)
     model.train()
@@ -52,7 +60,7 @@ def warm_start(model: Any, tok: Any, turns: list[Any], steps: int, seed: int) ->
         out.loss.backward()
         opt.step()
         opt.zero_grad()
-        loss = float(out.loss)
+        loss = float(out.loss.detach())
     model.eval()
     return loss
 
@@ -86,9 +94,9 @@ def run_variant(sampler: Any, turns: list[Any], mode: str) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--turns", type=int, default=24, help="turns sampled by every variant")
-    ap.add_argument("--sft-steps", type=int, default=150)
+    ap.add_argument("--sft-steps", type=int, default=120)
     ap.add_argument("--n", type=int, default=5)
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -138,6 +146,7 @@ def main() -> None:
         sampler().sample(turns[0], "both")
         results = {
             "n_sample": run_variant(sampler(), turns, "n_sample"),
+            "n_sample (reference)": run_variant(sampler(kv_reuse=False), turns, "n_sample"),
             "branch": run_variant(sampler(kv_reuse=True), turns, "branch"),
             "branch (no KV reuse)": run_variant(sampler(kv_reuse=False), turns, "branch"),
         }
@@ -158,14 +167,17 @@ def main() -> None:
             f"{r['tokens_per_pair']:9.1f} {r['pairs_per_s']:8.2f} {r['seconds']:8.2f}"
         )
     ratio = results["branch"]["tokens_per_pair"] / results["n_sample"]["tokens_per_pair"]
+    ref = results["branch"]["tokens_per_pair"] / results["n_sample (reference)"]["tokens_per_pair"]
     speedup = results["branch (no KV reuse)"]["seconds"] / results["branch"]["seconds"]
     tok_saving = results["branch (no KV reuse)"]["tokens"] / results["branch"]["tokens"]
     print(
-        f"branch needs {ratio:.3f}× the forward tokens per pair of n_sample (target ≤ 0.333); "
+        f"branch needs {ratio:.3f}× the forward tokens per pair of n_sample with a shared "
+        f"prompt, {ref:.3f}× those of the reference n_sample (target ≤ 0.333); "
         f"KV reuse: {speedup:.2f}× faster, {tok_saving:.1f}× fewer forward tokens"
     )
     print(
-        f"RESULT tokens_per_pair_ratio_branch_vs_nsample={ratio:.3f} kv_reuse_speedup={speedup:.3f}"
+        f"RESULT tokens_per_pair_ratio_branch_vs_nsample={ratio:.3f} kv_reuse_speedup={speedup:.3f} "
+        f"tokens_per_pair_ratio_vs_reference_nsample={ref:.3f}"
     )
 
 

@@ -38,3 +38,9 @@ def test_demo_end_to_end(tmp_path):
     sft = summary["sft"]
     assert sft["steps"] == 30 and sft["loss_last"] < sft["loss_first"]
     assert (tmp_path / "demo" / "sft" / "model" / "model.safetensors").exists()
+    tps = summary["tps"]
+    assert tps["pairs"] > 0 and tps["pairs_by_source"].get("branch", 0) > 0
+    assert (tmp_path / "demo" / "sample" / "pairs.parquet").exists()
+    assert (tmp_path / "demo" / "sample" / "export" / "trl.jsonl").exists()
+    dpo = summary["dpo"]
+    assert dpo["steps"] == 10 and dpo["loss_last"] < dpo["loss_first"]

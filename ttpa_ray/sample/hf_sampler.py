@@ -180,25 +180,29 @@ class HFSampler:
 
     @torch.inference_mode()
     def n_sample(self, turn: Turn) -> TurnSample:
-        """`n` samples (temperature, top-p) sharing one prompt forward."""
+        """`n` samples (temperature, top-p) sharing one prompt forward (`kv_reuse=False`:
+        the prompt is forwarded once per sample, as `generate(num_return_sequences=n)`
+        does: the reference cost)."""
         s = self.settings
         prompt = self.prompt_ids(turn)
         gold = self.gold_ids(turn)
+        copies = 1 if s.kv_reuse else s.n
         # Only the last position's logits are needed (no [P, vocab] projection).
-        logits, cache = self._forward(torch.tensor([prompt]), None, logits_to_keep=1)
+        logits, cache = self._forward(torch.tensor([prompt] * copies), None, logits_to_keep=1)
         gen = None
         if s.temperature > 0:
             gen = torch.Generator().manual_seed(_seed(s.seed, turn.id))
-        last = logits[:, -1].expand(s.n, -1)
+        last = logits[:1, -1].expand(s.n, -1)
         first = self._pick(last, gen)
         lp0 = torch.log_softmax(last, -1).gather(-1, first[:, None]).squeeze(-1)
-        cache.batch_repeat_interleave(s.n)
+        if s.kv_reuse:
+            cache.batch_repeat_interleave(s.n)
         seqs, logps, fwd = self._decode(cache, first, lp0, None, None, self._cap(len(gold)), gen)
         cands = []
         for ids, lp in zip(seqs, logps, strict=True):
             text = self._text(ids)
             cands.append(Candidate(text, "n_sample", -1, self.train_ids(text), lp))
-        return TurnSample(cands, len(prompt) + fwd, gold)
+        return TurnSample(cands, copies * len(prompt) + fwd, gold)
 
     def gold_positions(
         self, logits: torch.Tensor, prompt_len: int, gold: list[int]
