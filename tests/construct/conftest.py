@@ -95,10 +95,15 @@ class ScriptedEngine:
         return [[scripted_reply(r.messages)] * params.n for r in requests]
 
 
+# Taken at import: every directory's conftest is named `conftest`, so by the time a
+# fixture runs, sys.modules["conftest"] may be another directory's.
+_THIS_MODULE = sys.modules[__name__]
+
+
 @pytest.fixture
 def scripted_module() -> Any:
     """This module (the scripted model), for tests that ship it to Ray workers."""
-    return sys.modules[__name__]
+    return _THIS_MODULE
 
 
 @pytest.fixture

@@ -18,15 +18,13 @@ from ttpa_ray.sample import vllm_sampler as vs
 from ttpa_ray.sample.branch import BranchSettings
 from ttpa_ray.sample.turns import SAMPLED_SCHEMA, Turn, episode_turns
 from ttpa_ray.tools.catalog import load_builtin
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 TOOLS = load_builtin().tools
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1)
-    return create_tiny_model_dir(texts, tmp_path_factory.mktemp("tiny"))
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir  # tests/sample/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ through one Ray Data execution, so a policy is loaded once per actor per run:
       → ESM map stage (scores every candidate against the gold call)
       → pair map stage (the pair rule)
 
-Each shard is written the moment its last turn is out, with `_SUCCESS` (and the
-resume key) last; a re-run with unchanged config, policy and episodes skips it.
+Each shard is written the moment its last turn is out (with vLLM, whose passes regroup
+requests per turn, after the last pass), with `_SUCCESS` (and the resume key) last; a
+re-run with unchanged config, policy and episodes skips it.
 """
 
 from __future__ import annotations
@@ -232,9 +233,17 @@ def _fingerprint(path: Path) -> str:
 
 
 def _policy_id(cfg: SampleConfig) -> str:
+    """What identifies the policy: a model dir by its files' names, sizes and mtimes (not
+    their bytes: hashing 15 GB of weights per run would cost minutes), an endpoint by URL
+    and model name."""
     p = Path(str(cfg.policy))
     if cfg.engine != "openai" and p.is_dir():
-        return _fingerprint(p)
+        stats = [
+            (str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(p.rglob("*"))
+            if f.is_file()
+        ]
+        return config_hash(stats)
     return f"{cfg.policy}|{cfg.model}"
 
 
