@@ -179,6 +179,53 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_config_from_args(args: argparse.Namespace) -> Any:
+    """The `serve` section of `--config`, with the command line's overrides."""
+    from pydantic import ValidationError
+
+    from ttpa_ray.config import describe, load_config
+
+    cfg = load_config(args.config).serve
+    updates: dict[str, Any] = {}
+    for key in ("model", "model_id", "host", "port", "backend", "max_ongoing_requests"):
+        if getattr(args, key, None) is not None:
+            updates[key] = getattr(args, key)
+    if args.lora:
+        adapters = dict(cfg.adapters)
+        for item in args.lora:
+            name, sep, path = item.partition("=")
+            if not sep:
+                # a bare directory: named after itself
+                name, path = Path(item).name, item
+            adapters[name] = path
+        updates["adapters"] = adapters
+    if args.no_batching:
+        updates["batching"] = False
+    try:
+        return type(cfg).model_validate({**cfg.model_dump(), **updates})
+    except ValidationError as e:
+        raise UsageError(f"invalid serve settings:\n  {describe(e, 'serve.')}") from None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import yaml
+
+    cfg = serve_config_from_args(args)
+    if not cfg.model:
+        raise UsageError("--model (or serve.model in --config) is required")
+    if args.write_config:
+        from ttpa_ray.serve.deploy import serve_config_file
+
+        out = Path(args.write_config)
+        out.write_text(yaml.safe_dump(serve_config_file(cfg), sort_keys=False))
+        print(f"Serve config written to {out}: serve run {out}  (or: serve deploy {out})")
+        return 0
+    from ttpa_ray.serve.deploy import run_blocking
+
+    run_blocking(cfg, api_key=args.api_key)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ttpa_ray.construct.dataset import EXPORTERS
     from ttpa_ray.schema.io import read_rows
@@ -301,6 +348,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sm.add_argument("--out", required=True, help="output directory (re-running resumes)")
     sm.set_defaults(func=_cmd_sample)
+
+    sv = sub.add_parser(
+        "serve", help="OpenAI-compatible /v1/chat/completions with tools on Ray Serve"
+    )
+    sv.add_argument("--config", help="YAML config (its `serve` section)")
+    sv.add_argument("--model", help="HF model directory (the base)")
+    sv.add_argument("--model-id", help="model id clients send (default: the dir's name)")
+    sv.add_argument(
+        "--lora",
+        action="append",
+        help="LoRA adapter NAME=DIR (repeatable), served as <model-id>:NAME",
+    )
+    sv.add_argument("--host", help="bind address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (default 8000)")
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
+    sv.add_argument("--backend", choices=["hf", "vllm"])
+    sv.add_argument("--max-ongoing-requests", type=int, help="per replica; more get 503")
+    sv.add_argument("--no-batching", action="store_true", help="turn @serve.batch off")
+    sv.add_argument(
+        "--write-config", metavar="FILE", help="write a Serve config for serve run/deploy and exit"
+    )
+    sv.set_defaults(func=_cmd_serve)
 
     e = sub.add_parser("export", help="export episodes as sharegpt or openai-jsonl")
     e.add_argument("--episodes", required=True, help="an episodes .parquet or a directory of them")

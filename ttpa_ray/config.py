@@ -187,6 +187,57 @@ class SampleConfig(Strict):
         return self
 
 
+class ServeConfig(Strict):
+    """The OpenAI-compatible endpoint (DESIGN §7)."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers + @serve.batch (CPU/GPU); vllm: ray.serve.llm (GPU)"
+    )
+    model: str | None = Field(None, description="HF model directory (the base)")
+    model_id: str | None = Field(None, description="id clients send; default: the dir's name")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters: name → dir, served as `model_id:name`"
+    )
+    host: str = Field("127.0.0.1", description="bind address (loopback unless told otherwise)")
+    port: int = Field(8000, ge=0, le=65535)
+    api_key_env: str | None = Field(
+        None, description="env var holding the API key clients must send (None: no key)"
+    )
+    device: str = "cpu"
+    dtype: str = "auto"
+    num_replicas: int = Field(1, gt=0)
+    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per replica")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per replica")
+    max_ongoing_requests: int = Field(
+        32, gt=0, description="requests in flight per replica; more get HTTP 503"
+    )
+    batching: bool = Field(True, description="group concurrent requests (@serve.batch)")
+    max_batch_size: int = Field(8, gt=0)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request has none")
+    max_prompt_tokens: int | None = Field(None, gt=0, description="longer prompts get HTTP 400")
+    # vllm (ray.serve.llm)
+    tensor_parallel_size: int = Field(1, gt=0)
+    accelerator_type: str | None = None
+    max_model_len: int = Field(8192, gt=0)
+    max_loras: int = Field(4, gt=0, description="vllm: adapters resident per replica")
+    max_lora_rank: int = Field(64, gt=0)
+    min_replicas: int = Field(1, ge=0, description="vllm: autoscaling lower bound")
+    max_replicas: int = Field(1, gt=0, description="vllm: autoscaling upper bound")
+
+    @model_validator(mode="after")
+    def _ids(self) -> ServeConfig:
+        for name in self.adapters:
+            if not name or ":" in name:
+                raise ValueError(f"adapter name {name!r}: must be non-empty without ':'")
+        if self.device.startswith("cuda") and self.num_gpus == 0:
+            raise ValueError("device cuda needs num_gpus > 0")
+        return self
+
+    def resolved_model_id(self) -> str:
+        return self.model_id or Path(str(self.model or "model")).name
+
+
 class LoraConfig(Strict):
     """PEFT LoRA on the policy (on by default for real models; the tiny model trains fully)."""
 
@@ -267,6 +318,7 @@ with warnings.catch_warnings():
         construct: ConstructConfig = ConstructConfig()  # type: ignore[assignment]
         train: TrainConfig = TrainConfig()
         sample: SampleConfig = SampleConfig()
+        serve: ServeConfig = ServeConfig()
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -1,0 +1,1 @@
+"""Serving (DESIGN §7): an OpenAI-compatible `/v1/chat/completions` with tools on Ray Serve."""

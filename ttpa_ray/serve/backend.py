@@ -1,0 +1,267 @@
+"""The `hf` serving backend: a local HF model directory, optional LoRA adapters, batches.
+
+One base model in memory; LoRA adapters are loaded beside it with PEFT
+(`PeftModel.load_adapter`) and selected per batch (`set_adapter`, or `disable_adapter`
+for the base), so SFT, DPO and TTPA variants of one base are served by one replica.
+`generate` takes the requests of one `@serve.batch` call and runs one `model.generate`
+per group of requests that share adapter and sampling settings (left padding, one
+logits processor per row for constrained tool calls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ttpa_ray.engines.base import ChatRequest as EngineRequest
+from ttpa_ray.engines.base import EngineError
+from ttpa_ray.engines.hf_engine import HFEngine, truncate_at_stop
+from ttpa_ray.serve.protocol import Generation
+
+
+@dataclass
+class GenRequest:
+    """One chat completion to run. `constraint`: None, "required" or a named-function
+    `tool_choice` (decoding forced to a schema-valid call). `adapter`: None = the base."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    constraint: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: list[str] | None = None
+    adapter: str | None = None
+
+    def group_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys share one `generate` call."""
+        greedy = self.temperature == 0
+        return (
+            self.adapter,
+            greedy,
+            None if greedy else (self.temperature, self.top_p),
+            self.n,
+            self.max_tokens,
+            self.seed,
+            tuple(self.stop or ()),
+        )
+
+
+class HFChatBackend:
+    """Chat completions from `model_dir` (+ `adapters`: name → adapter dir)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        adapters: dict[str, str] | None = None,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_prompt_tokens: int | None = None,
+    ) -> None:
+        self.engine = HFEngine(model_dir, device=device, dtype=dtype, max_prompt_tokens=None)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.tokenizer = self.engine.tokenizer
+        self.device = self.engine.device
+        self.adapters = dict(adapters or {})
+        model: Any = self.engine.model
+        if self.adapters:
+            from peft import PeftModel
+
+            items = list(self.adapters.items())
+            for name, path in items:
+                if not Path(path).is_dir():
+                    raise EngineError(f"adapter {name!r}: directory {path} does not exist")
+            model = PeftModel.from_pretrained(model, items[0][1], adapter_name=items[0][0])
+            for name, path in items[1:]:
+                model.load_adapter(path, adapter_name=name)
+            model.eval()
+        self.model = model
+        self.vocab_size = int(self.engine.model.config.vocab_size)
+        # generate() is not re-entrant across adapters: one batch at a time per replica.
+        self._lock = threading.Lock()
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def prompt_ids(self, req: GenRequest) -> list[int]:
+        """Token ids of the rendered prompt; EngineError when it does not fit the context."""
+        ids = self.engine.encode(EngineRequest(req.messages, req.tools), req.max_tokens)
+        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+            raise EngineError(
+                f"the prompt has {len(ids)} tokens; this server accepts at most "
+                f"{self.max_prompt_tokens}"
+            )
+        return ids
+
+    @contextlib.contextmanager
+    def _adapter(self, name: str | None) -> Iterator[None]:
+        if not self.adapters:
+            if name is not None:
+                raise EngineError(f"no adapter {name!r} is loaded")
+            yield
+            return
+        if name is None:
+            with self.model.disable_adapter():
+                yield
+            return
+        self.model.set_adapter(name)
+        yield
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _processors(self, reqs: list[GenRequest]) -> list[Any]:
+        if not any(r.constraint for r in reqs):
+            return []
+        from ttpa_ray.serve.constrained import build_logits_processor
+
+        rows: list[Any] = []
+        for r in reqs:
+            spec = (r.tools, r.constraint) if r.constraint else None
+            rows += [spec] * (1 if r.temperature == 0 else r.n)
+        return [build_logits_processor(self.tokenizer, self.vocab_size, rows)]
+
+    def _kwargs(self, head: GenRequest, width: int) -> dict[str, Any]:
+        eng = self.engine
+        kw: dict[str, Any] = {
+            "max_new_tokens": max(1, min(head.max_tokens, eng.max_length - width)),
+            "num_return_sequences": 1 if head.temperature == 0 else head.n,
+            "pad_token_id": eng.pad_token_id,
+            "eos_token_id": eng.eos_token_ids,
+        }
+        if head.temperature == 0:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kw.update(do_sample=True, temperature=head.temperature, top_p=head.top_p, top_k=0)
+        if head.stop:
+            kw.update(stop_strings=head.stop, tokenizer=self.tokenizer)
+        return kw
+
+    def _run_group(self, reqs: list[GenRequest], prompts: list[list[int]]) -> list[Generation]:
+        head = reqs[0]
+        width = max(len(p) for p in prompts)
+        pad = self.engine.pad_token_id
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, ids in enumerate(prompts):
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            mask[i, width - len(ids) :] = 1
+        kw = self._kwargs(head, width)
+        processors = self._processors(reqs)
+        if processors:
+            kw["logits_processor"] = processors
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with (
+            self._lock,
+            self._adapter(head.adapter),
+            torch.random.fork_rng(devices=devices),
+            torch.inference_mode(),
+        ):
+            if head.seed is not None:
+                torch.manual_seed(head.seed)
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kw
+            )
+        new = out[:, width:].tolist()
+        per = kw["num_return_sequences"]
+        eos = set(self.engine.eos_token_ids) | {pad}
+        results = []
+        for i, (req, ids) in enumerate(zip(reqs, prompts, strict=True)):
+            texts, reasons, used = [], [], 0
+            for seq in new[i * per : (i + 1) * per]:
+                end = next((k for k, t in enumerate(seq) if t in eos), None)
+                body = seq if end is None else seq[:end]
+                used += len(body) + (0 if end is None else 1)
+                text = str(self.tokenizer.decode(body, skip_special_tokens=True))
+                cut = truncate_at_stop(text, req.stop)
+                stopped = end is not None or cut != text
+                texts.append(cut)
+                reasons.append("stop" if stopped else "length")
+            if per == 1 and req.n > 1:  # greedy: one decode, n identical choices
+                texts, reasons, used = texts * req.n, reasons * req.n, used * req.n
+            results.append(Generation(texts, reasons, len(ids), used))
+        return results
+
+    def generate(self, reqs: list[GenRequest]) -> list[Generation | EngineError]:
+        """One result per request, in order; a request that cannot run (prompt too long,
+        unknown adapter) gets its `EngineError`, the others are served."""
+        results: list[Generation | EngineError | None] = [None] * len(reqs)
+        groups: dict[tuple[Any, ...], list[tuple[int, list[int]]]] = {}
+        for i, r in enumerate(reqs):
+            try:
+                if r.adapter is not None and r.adapter not in self.adapters:
+                    raise EngineError(f"no adapter {r.adapter!r} is loaded")
+                groups.setdefault(r.group_key(), []).append((i, self.prompt_ids(r)))
+            except EngineError as exc:
+                results[i] = exc
+        for members in groups.values():
+            idx = [i for i, _ in members]
+            for i, gen in zip(
+                idx, self._run_group([reqs[i] for i in idx], [p for _, p in members]), strict=True
+            ):
+                results[i] = gen
+        return [r if r is not None else EngineError("not run") for r in results]
+
+    def stream(self, req: GenRequest) -> Iterator[str | Generation]:
+        """Text pieces of one `n=1` completion as they are decoded, then its `Generation`."""
+        from transformers import TextIteratorStreamer
+
+        prompt = self.prompt_ids(req)
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
+        )
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                # generate() streams a batch of one: a single choice
+                box["gen"] = self._run_one(GenRequest(**{**req.__dict__, "n": 1}), prompt, streamer)
+            except Exception as exc:  # surfaced to the caller below
+                box["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        yield box["gen"]
+
+    def _run_one(self, req: GenRequest, prompt: list[int], streamer: Any) -> Generation:
+        kw = self._kwargs(req, len(prompt))
+        processors = self._processors([req])
+        if processors:
+            kw["logits_processor"] = processors
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with (
+            self._lock,
+            self._adapter(req.adapter),
+            torch.random.fork_rng(devices=devices),
+            torch.inference_mode(),
+        ):
+            if req.seed is not None:
+                torch.manual_seed(req.seed)
+            out = self.model.generate(
+                input_ids=torch.tensor([prompt], device=self.device),
+                attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=self.device),
+                streamer=streamer,
+                **kw,
+            )
+        seq = out[0, len(prompt) :].tolist()
+        eos = set(self.engine.eos_token_ids) | {self.engine.pad_token_id}
+        end = next((k for k, t in enumerate(seq) if t in eos), None)
+        body = seq if end is None else seq[:end]
+        text = str(self.tokenizer.decode(body, skip_special_tokens=True))
+        cut = truncate_at_stop(text, req.stop)
+        reason = "stop" if end is not None or cut != text else "length"
+        return Generation([cut], [reason], len(prompt), len(body) + (0 if end is None else 1))

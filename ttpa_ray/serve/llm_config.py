@@ -1,0 +1,80 @@
+"""The GPU backend: `ray.serve.llm` (vLLM) generated from the same `ServeConfig`.
+
+`llm_config_kwargs(cfg)` is pure (tested on CPU); `build_vllm_app(cfg)` imports
+`ray.serve.llm`, which needs vLLM (`pip install 'ttpa-ray[gpu]'`). Tool calls use vLLM's
+`hermes` parser (our chat template's `<tool_call>` format). LoRA adapters are loaded by
+Ray Serve LLM from `dynamic_lora_loading_path/<name>` when a request names the model
+`<model_id>:<name>` — the same ids our `hf` backend serves — so every adapter must sit
+in one parent directory under its own name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ttpa_ray.config import ServeConfig
+
+SERVE_LLM_MISSING = (
+    "backend vllm needs ray.serve.llm with vLLM: pip install 'ttpa-ray[gpu]' on a CUDA machine"
+)
+
+
+def lora_root(adapters: dict[str, str]) -> str | None:
+    """The one directory holding every adapter as `<root>/<name>`; ValueError otherwise."""
+    if not adapters:
+        return None
+    parents = {str(Path(p).resolve().parent) for p in adapters.values()}
+    misnamed = [n for n, p in adapters.items() if Path(p).name != n]
+    if len(parents) != 1 or misnamed:
+        raise ValueError(
+            "backend vllm loads adapters from one directory by name: put each adapter at "
+            f"<root>/<name> (got {adapters})"
+        )
+    return parents.pop()
+
+
+def llm_config_kwargs(cfg: ServeConfig) -> dict[str, Any]:
+    """Keyword arguments of `ray.serve.llm.LLMConfig` for `cfg`."""
+    if not cfg.model:
+        raise ValueError("serve.model: set the model directory")
+    engine: dict[str, Any] = {
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "max_model_len": cfg.max_model_len,
+        "dtype": cfg.dtype,
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": "hermes",
+        "enable_prefix_caching": True,
+    }
+    kwargs: dict[str, Any] = {
+        "model_loading_config": {"model_id": cfg.resolved_model_id(), "model_source": cfg.model},
+        "engine_kwargs": engine,
+        "accelerator_type": cfg.accelerator_type,
+        "deployment_config": {
+            "autoscaling_config": {
+                "min_replicas": cfg.min_replicas,
+                "max_replicas": max(cfg.max_replicas, cfg.min_replicas, 1),
+            },
+            "max_ongoing_requests": cfg.max_ongoing_requests,
+        },
+    }
+    root = lora_root(cfg.adapters)
+    if root is not None:
+        engine.update(enable_lora=True, max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank)
+        kwargs["lora_config"] = {
+            "dynamic_lora_loading_path": root,
+            "max_num_adapters_per_replica": cfg.max_loras,
+        }
+    return kwargs
+
+
+def build_vllm_app(cfg: ServeConfig) -> Any:
+    """`ray.serve.llm.build_openai_app` over one `LLMConfig` (needs vLLM)."""
+    kwargs = llm_config_kwargs(cfg)
+    try:
+        from ray.serve.llm import LLMConfig, build_openai_app
+
+        llm_config = LLMConfig(**kwargs)
+    except ImportError as exc:
+        raise ImportError(SERVE_LLM_MISSING) from exc
+    return build_openai_app({"llm_configs": [llm_config]})
