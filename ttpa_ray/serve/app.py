@@ -153,6 +153,12 @@ class ChatServer:
                 "model_not_found",
             )
         adapter = req.model.split(":", 1)[1] if ":" in req.model else None
+        context = self.backend.engine.max_length
+        if (req.new_tokens or 0) > context:
+            raise bad_request(
+                f"max_tokens {req.new_tokens} exceeds the model's context of {context} tokens",
+                "max_tokens",
+            )
         choice = req.tool_choice
         return GenRequest(
             messages=req.messages,
