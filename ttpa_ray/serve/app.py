@@ -11,7 +11,6 @@ Batching: concurrent non-streaming requests are grouped by `@serve.batch` and ru
 backend as batched `generate` calls; `batching: false` runs each request on its own.
 """
 
-
 import asyncio
 import logging
 import os
@@ -62,7 +61,7 @@ async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI says 422; OpenAI says 400 with the offending field as `param`.
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    first: Any = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
         return JSONResponse(bad_request(message.rstrip(": ")).body(), status_code=400)

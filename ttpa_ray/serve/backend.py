@@ -11,6 +11,7 @@ logits processor per row for constrained tool calls).
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,23 @@ from ttpa_ray.engines.base import ChatRequest as EngineRequest
 from ttpa_ray.engines.base import EngineError
 from ttpa_ray.engines.hf_engine import HFEngine, truncate_at_stop
 from ttpa_ray.serve.protocol import Generation
+
+
+class _IdStreamer:
+    """A `generate(streamer=...)` sink passing new token ids to a queue (the first `put`
+    is the prompt, skipped)."""
+
+    def __init__(self, out: queue.Queue[list[int] | None]) -> None:
+        self.out, self.seen_prompt = out, False
+
+    def put(self, value: Any) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        self.out.put([int(t) for t in value.reshape(-1).tolist()])
+
+    def end(self) -> None:
+        pass  # the producer thread signals the end itself (also on errors)
 
 
 @dataclass
@@ -210,13 +228,15 @@ class HFChatBackend:
         return [r if r is not None else EngineError("not run") for r in results]
 
     def stream(self, req: GenRequest) -> Iterator[str | Generation]:
-        """Text pieces of one `n=1` completion as they are decoded, then its `Generation`."""
-        from transformers import TextIteratorStreamer
+        """Text pieces of one `n=1` completion as they are decoded, then its `Generation`.
 
+        Pieces are suffixes of the decoded completion (up to the first end-of-turn
+        token), decoded as the final text is, so they always add up to it; a piece
+        ending inside a multi-byte character waits for the next token.
+        """
         prompt = self.prompt_ids(req)
-        streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
-        )
+        ids: queue.Queue[list[int] | None] = queue.Queue()
+        streamer = _IdStreamer(ids)
         box: dict[str, Any] = {}
 
         def run() -> None:
@@ -225,17 +245,30 @@ class HFChatBackend:
                 box["gen"] = self._run_one(GenRequest(**{**req.__dict__, "n": 1}), prompt, streamer)
             except Exception as exc:  # surfaced to the caller below
                 box["error"] = exc
-                streamer.end()
+            finally:
+                ids.put(None)
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        for piece in streamer:
-            if piece:
-                yield piece
+        eos = set(self.engine.eos_token_ids) | {self.engine.pad_token_id}
+        body: list[int] = []
+        sent, ended = "", False
+        while (new := ids.get()) is not None:
+            for t in new:
+                ended = ended or t in eos
+                if not ended:
+                    body.append(t)
+            text = str(self.tokenizer.decode(body, skip_special_tokens=True))
+            if text.startswith(sent) and len(text) > len(sent) and not text.endswith("\ufffd"):
+                yield text[len(sent) :]
+                sent = text
         thread.join()
         if "error" in box:
             raise box["error"]
-        yield box["gen"]
+        gen: Generation = box["gen"]
+        if gen.texts[0].startswith(sent) and len(gen.texts[0]) > len(sent):
+            yield gen.texts[0][len(sent) :]  # e.g. what a stop string left of the end
+        yield gen
 
     def _run_one(self, req: GenRequest, prompt: list[int], streamer: Any) -> Generation:
         kw = self._kwargs(req, len(prompt))
