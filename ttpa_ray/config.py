@@ -213,7 +213,11 @@ class ServeConfig(Strict):
     )
     batching: bool = Field(True, description="group concurrent requests (@serve.batch)")
     max_batch_size: int = Field(8, gt=0)
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    batch_wait_timeout_s: float = Field(
+        0.05,
+        ge=0.0,
+        description="how long a batch waits to fill (2 ms gave batches of ~3 at 16 clients)",
+    )
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request has none")
     max_prompt_tokens: int | None = Field(None, gt=0, description="longer prompts get HTTP 400")
     # vllm (ray.serve.llm)
