@@ -1,0 +1,108 @@
+"""Serve configuration: the Serve config file, ray.serve.llm kwargs, CLI overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ttpa_ray.cli import build_parser, main, serve_config_from_args
+from ttpa_ray.config import ServeConfig
+from ttpa_ray.serve.llm_config import SERVE_LLM_MISSING, build_vllm_app, llm_config_kwargs
+
+
+def test_write_config_is_a_valid_serve_deploy_file(tmp_path, serve_model_dir):
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "serve.yaml"
+    code = main(
+        [
+            "serve",
+            "--model",
+            str(serve_model_dir),
+            "--lora",
+            f"a1={tmp_path}",
+            "--port",
+            "8123",
+            "--write-config",
+            str(out),
+        ]
+    )
+    assert code == 0
+    data = yaml.safe_load(out.read_text())
+    schema = ServeDeploySchema.model_validate(data)  # what `serve deploy` checks
+    app = schema.applications[0]
+    assert app.import_path == "ttpa_ray.serve.app:build_app"
+    assert data["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    cfg = ServeConfig.model_validate(app.args)
+    assert cfg.model == str(serve_model_dir) and cfg.adapters == {"a1": str(tmp_path)}
+
+
+def test_cli_overrides_and_bad_values(tmp_path):
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            "m",
+            "--lora",
+            str(tmp_path / "x"),
+            "--no-batching",
+            "--host",
+            "0.0.0.0",
+        ]
+    )
+    cfg = serve_config_from_args(args)
+    assert cfg.adapters == {"x": str(tmp_path / "x")} and not cfg.batching and cfg.host == "0.0.0.0"
+    assert (
+        main(
+            [
+                "serve",
+                "--model",
+                "m",
+                "--lora",
+                "a:b=/x",
+                "--write-config",
+                str(tmp_path / "s.yaml"),
+            ]
+        )
+        == 2
+    )
+    assert main(["serve"]) == 2  # no model
+
+
+def test_llm_config_kwargs(tmp_path):
+    root = tmp_path / "adapters"
+    for name in ("dpo", "ttpa"):
+        (root / name).mkdir(parents=True)
+    cfg = ServeConfig(
+        backend="vllm",
+        model="/models/base",
+        model_id="base",
+        adapters={"dpo": str(root / "dpo"), "ttpa": str(root / "ttpa")},
+        tensor_parallel_size=2,
+        accelerator_type="H100",
+        max_replicas=3,
+    )
+    kw = llm_config_kwargs(cfg)
+    assert kw["model_loading_config"] == {"model_id": "base", "model_source": "/models/base"}
+    eng = kw["engine_kwargs"]
+    assert eng["tool_call_parser"] == "hermes" and eng["enable_auto_tool_choice"] is True
+    assert eng["tensor_parallel_size"] == 2 and eng["enable_lora"] is True
+    assert kw["lora_config"]["dynamic_lora_loading_path"] == str(root.resolve())
+    assert kw["deployment_config"]["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3}
+    assert kw["accelerator_type"] == "H100"
+    # adapters not under one root by their names cannot be loaded by vLLM by id
+    with pytest.raises(ValueError, match="one directory"):
+        llm_config_kwargs(cfg.model_copy(update={"adapters": {"other": str(root / "dpo")}}))
+    with pytest.raises(ImportError, match=r"ttpa-ray\[gpu\]"):
+        build_vllm_app(cfg)
+    assert "vLLM" in SERVE_LLM_MISSING
+
+
+def test_shipped_serve_configs_validate():
+    from ttpa_ray.config import load_config
+
+    for name in ("tiny-cpu.yaml", "serve-vllm.yaml"):
+        cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name).serve
+        assert cfg.host in ("127.0.0.1", "0.0.0.0")
