@@ -55,7 +55,7 @@ def test_openai_client_gets_tool_calls(server):
         messages=msg("What's the weather in Paris tomorrow?"),
         tools=tools,
         tool_choice="required",
-        max_tokens=160,
+        max_tokens=600,
     )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -70,7 +70,8 @@ def test_openai_client_gets_tool_calls(server):
         messages=msg("hi"),
         tools=tools,
         tool_choice={"type": "function", "function": {"name": tools[1]["function"]["name"]}},
-        max_tokens=160,
+        parallel_tool_calls=False,
+        max_tokens=600,
     )
     assert [c.function.name for c in named.choices[0].message.tool_calls] == [
         tools[1]["function"]["name"]
@@ -98,7 +99,7 @@ def test_streaming_matches_the_plain_response(server):
             messages=msg("weather?"),
             tools=TOOLS[:2],
             tool_choice="required",
-            max_tokens=160,
+            max_tokens=600,
             stream=True,
         )
     )

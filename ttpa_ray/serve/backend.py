@@ -142,7 +142,7 @@ class HFChatBackend:
 
         rows: list[Any] = []
         for r in reqs:
-            spec = (r.tools, r.constraint) if r.constraint else None
+            spec = (r.tools, r.constraint, r.parallel_tool_calls) if r.constraint else None
             rows += [spec] * (1 if r.temperature == 0 else r.n)
         return [build_logits_processor(self.tokenizer, self.vocab_size, rows)]
 
