@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ttpa-installed
 BENCH_STAMP := $(VENV)/.ttpa-bench-installed
 BFCL_VERSION ?= 2026.3.23
+XGRAMMAR_VERSION ?= 0.2.8
 # The CPU torch pin applies inside build environments too (deepspeed's setup imports torch).
 export PIP_CONSTRAINT := $(CURDIR)/constraints/cpu.txt
 export DS_BUILD_OPS := 0
@@ -28,6 +29,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PY) -m pip install -q -c constraints/cpu.txt -e ".[dev]"
 	# bfcl-eval's own dependencies pin an old numpy: take only its data and code.
 	$(PY) -m pip install -q --no-deps "bfcl-eval==$(BFCL_VERSION)"
+	# xgrammar (the [constrained] extra) without triton: 1 GB of GPU kernels a CPU never runs.
+	$(PY) -m pip install -q --no-deps "xgrammar==$(XGRAMMAR_VERSION)" "apache-tvm-ffi>=0.1.11"
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)

@@ -226,6 +226,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from ttpa_ray.config import load_config
+    from ttpa_ray.pipeline import run_pipeline
+
+    cfg = load_config(args.config)
+    run_pipeline(cfg, args.run_dir, start=args.start)
+    print(f"run dir: {args.run_dir} (pipeline.json, report/index.html)")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ttpa_ray.construct.dataset import EXPORTERS
     from ttpa_ray.schema.io import read_rows
@@ -370,6 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-config", metavar="FILE", help="write a Serve config for serve run/deploy and exit"
     )
     sv.set_defaults(func=_cmd_serve)
+
+    pl = sub.add_parser(
+        "pipeline",
+        help="the whole TTPA run: construct → SFT → TPS → TTPA + baselines → eval → report",
+    )
+    pl.add_argument("--config", required=True, help="YAML config (every section)")
+    pl.add_argument("--run-dir", required=True, help="run directory (re-running resumes)")
+    pl.add_argument(
+        "--from",
+        dest="start",
+        help="re-run from this stage on: construct, model, sft, sample, ttpa, dpo_response, "
+        "eval, report",
+    )
+    pl.set_defaults(func=_cmd_pipeline)
 
     e = sub.add_parser("export", help="export episodes as sharegpt or openai-jsonl")
     e.add_argument("--episodes", required=True, help="an episodes .parquet or a directory of them")

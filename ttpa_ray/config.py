@@ -242,6 +242,38 @@ class ServeConfig(Strict):
         return self.model_id or Path(str(self.model or "model")).name
 
 
+class TinyShape(Strict):
+    """The tiny model the pipeline builds when `pipeline.model` is `tiny`."""
+
+    vocab_size: int = Field(2048, gt=16)
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(384, gt=0)
+    max_position_embeddings: int = Field(2048, gt=0)
+    seed: int = 0
+
+
+class PipelineConfig(Strict):
+    """`ttpa-ray pipeline`: which model, per-run training overrides, what to evaluate."""
+
+    model: str = Field("tiny", description="tiny (built from our BPE) or a model directory")
+    tiny: TinyShape = TinyShape()
+    sft: dict[str, Any] = Field(default_factory=dict, description="`train` overrides for SFT")
+    ttpa: dict[str, Any] = Field(
+        default_factory=dict, description="`train` overrides for TTPA (DPO on TPS pairs)"
+    )
+    dpo_response: dict[str, Any] = Field(
+        default_factory=lambda: {"dpo": {"token_level": False, "loss_type": "sigmoid"}},
+        description="`train` overrides for the response-level DPO baseline",
+    )
+    eval_suites: list[str] = Field(
+        ["heldout"], description="heldout | bfcl:<categories> | toolbench:<file>"
+    )
+    eval_limit: int | None = Field(None, gt=0, description="examples per suite (None: all)")
+
+
 class LoraConfig(Strict):
     """PEFT LoRA on the policy (on by default for real models; the tiny model trains fully)."""
 
@@ -323,6 +355,7 @@ with warnings.catch_warnings():
         train: TrainConfig = TrainConfig()
         sample: SampleConfig = SampleConfig()
         serve: ServeConfig = ServeConfig()
+        pipeline: PipelineConfig = PipelineConfig()
 
 
 def load_config(path: str | Path | None) -> Config:

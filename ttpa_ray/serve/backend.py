@@ -138,7 +138,13 @@ class HFChatBackend:
     def _processors(self, reqs: list[GenRequest]) -> list[Any]:
         if not any(r.constraint for r in reqs):
             return []
-        from ttpa_ray.serve.constrained import build_logits_processor
+        try:
+            from ttpa_ray.serve.constrained import build_logits_processor
+        except ImportError as exc:
+            raise EngineError(
+                "tool_choice required / a named function needs xgrammar: "
+                "pip install 'ttpa-ray[constrained]'"
+            ) from exc
 
         rows: list[Any] = []
         for r in reqs:
@@ -221,9 +227,11 @@ class HFChatBackend:
                 results[i] = exc
         for members in groups.values():
             idx = [i for i, _ in members]
-            for i, gen in zip(
-                idx, self._run_group([reqs[i] for i in idx], [p for _, p in members]), strict=True
-            ):
+            try:
+                gens: list[Any] = self._run_group([reqs[i] for i in idx], [p for _, p in members])
+            except EngineError as exc:  # e.g. constrained decoding unavailable
+                gens = [exc] * len(idx)
+            for i, gen in zip(idx, gens, strict=True):
                 results[i] = gen
         return [r if r is not None else EngineError("not run") for r in results]
 

@@ -1,0 +1,200 @@
+"""One evaluation example, and how a model's answer to it is scored (pure functions).
+
+An `Example` is one request (OpenAI `messages` + `tools`) with its expected calls. A
+prediction is the model's answer as text (`<tool_call>` blocks, the one format every
+engine returns; `ttpa_ray.schema.tool_call_text`). `score_prediction` turns the pair into
+one results row; `aggregate` turns rows into the metrics of a run.
+
+Metrics per example:
+
+- `esm`: ESM of the predicted calls against the gold calls (DESIGN §4).
+- `exact`: the multiset of predicted calls equals the gold one: order-insensitive (parallel
+  calls), names equal, arguments equal as JSON values (`1 == 1.0`, `true != 1`, key order
+  ignored), and no malformed `<tool_call>` block.
+- `ast`: BFCL's AST check against every acceptable answer (`ttpa_ray.score.ast_checker`),
+  only where BFCL possible answers exist; `None` elsewhere.
+- `error_type`: `"ok"` when exact, else why not: the ESM reason (`wrong_name`,
+  `value_mismatch`, `no_call`, `unknown_tool`, ...), `parse_error: ...` when the output
+  held only malformed blocks, or `request_error: ...` when no answer came back.
+
+A failed request still counts: it is an example the endpoint did not answer, so it scores
+0 everywhere (otherwise a flaky endpoint would look better than a reliable one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ttpa_ray.schema.tool_call_text import parse_tool_calls, to_flat_calls
+from ttpa_ray.score.ast_checker import ast_check
+from ttpa_ray.score.esm import esm_breakdown
+
+OK = "ok"
+REQUEST_ERROR = "request_error"
+PARSE_ERROR = "parse_error"
+
+
+@dataclass
+class Example:
+    """One request to the endpoint and what it should answer.
+
+    `categories`: every bucket the example counts in (`by_category` buckets may overlap,
+    e.g. `heldout_tools` and `multi_call`); the first is its main `category`.
+    `gold_calls`: flat calls `{"name", "arguments": dict}` (`[]`: no call expected;
+    `None`: no gold call known, as in BFCL's `live_relevance`, so ESM/exact do not apply).
+    `possible_answer`: BFCL ground truth for the AST check (`None`: AST not applicable).
+    `ast_functions`: the docs the AST checker reads (the OpenAI tools when omitted).
+    """
+
+    id: str
+    categories: tuple[str, ...]
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    gold_calls: list[dict[str, Any]] | None
+    possible_answer: list[dict[str, Any]] | None = None
+    language: str = "python"
+    ast_any_call: bool = False  # BFCL relevance: AST passes when any call is made
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def category(self) -> str:
+        return self.categories[0]
+
+    @property
+    def ast_applicable(self) -> bool:
+        return self.possible_answer is not None or self.ast_any_call
+
+
+def _json_value(v: Any) -> Any:
+    """Canonical form of a JSON value: integral floats become ints (JSON has one number
+    type), tuples lists; bools stay bools (`json.dumps` keeps `true` apart from `1`)."""
+    if isinstance(v, bool) or v is None or isinstance(v, str | int):
+        return v
+    if isinstance(v, float):
+        return int(v) if v.is_integer() else v
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_value(x) for x in v]
+    return v
+
+
+def call_key(call: dict[str, Any]) -> str:
+    """A flat call as one canonical string (name + arguments as sorted JSON)."""
+    return json.dumps(
+        [call.get("name"), _json_value(call.get("arguments") or {})],
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
+
+
+def exact_match(pred: list[dict[str, Any]], gold: list[dict[str, Any]]) -> bool:
+    """Same calls as a multiset (order-insensitive, arguments compared as JSON values)."""
+    return Counter(map(call_key, pred)) == Counter(map(call_key, gold))
+
+
+def parse_prediction(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Model text → (flat calls, reasons of malformed blocks). Never raises."""
+    parsed = parse_tool_calls(text)
+    try:
+        calls = to_flat_calls(parsed.tool_calls)
+    except (KeyError, ValueError) as exc:  # cannot happen for parser output; stay total
+        return [], [*parsed.errors, f"bad_call: {exc}"]
+    return calls, parsed.errors
+
+
+def score_prediction(example: Example, text: str | None, error: str | None = None) -> dict[str, Any]:
+    """One results row (without suite/model/latency) for `example` answered by `text`.
+
+    `error`: why the request failed (then `text` is ignored and everything scores 0).
+    """
+    gold = example.gold_calls
+    row: dict[str, Any] = {
+        "id": example.id,
+        "category": example.category,
+        "categories": list(example.categories),
+        "gold": None if gold is None else json.dumps(gold, ensure_ascii=False),
+    }
+    if error is not None:
+        applicable = gold is not None
+        return row | {
+            "esm": 0.0 if applicable else None,
+            "exact": False if applicable else None,
+            "ast": False if example.ast_applicable else None,
+            "ast_error": REQUEST_ERROR if example.ast_applicable else None,
+            "error_type": f"{REQUEST_ERROR}: {error}",
+            "pred": "",
+            "pred_calls": "[]",
+        }
+    text = text or ""
+    calls, parse_errors = parse_prediction(text)
+    row |= {"pred": text, "pred_calls": json.dumps(calls, ensure_ascii=False)}
+    if gold is None:
+        row |= {"esm": None, "exact": None}
+        error_type = OK if calls else "no_call"
+    else:
+        breakdown = esm_breakdown(calls, gold, example.tools)
+        exact = exact_match(calls, gold) and not parse_errors
+        row |= {"esm": float(breakdown["score"]), "exact": exact}
+        if exact:
+            error_type = OK
+        elif parse_errors and not calls:
+            error_type = f"{PARSE_ERROR}: {parse_errors[0]}"
+        else:
+            # ESM can be perfect while exact fails (a stray malformed block; duplicates)
+            error_type = breakdown["reason"] or (PARSE_ERROR if parse_errors else "inexact")
+    row["error_type"] = error_type
+    if example.ast_any_call:
+        row["ast"], row["ast_error"] = bool(calls), None if calls else "no_call"
+    elif example.possible_answer is not None:
+        ok, ast_error = ast_check(
+            calls, example.possible_answer, example.tools, example.language
+        )
+        row["ast"], row["ast_error"] = bool(ok), ast_error
+    else:
+        row["ast"], row["ast_error"] = None, None
+    return row
+
+
+def error_kind(error_type: str) -> str:
+    """The bucket of an `error_type` in `metrics["errors"]`: request and parse errors are
+    counted by kind (their detail varies per example), ESM reasons as they are."""
+    for kind in (REQUEST_ERROR, PARSE_ERROR):
+        if error_type.startswith(kind):
+            return kind
+    return error_type
+
+
+def _mean(values: list[Any]) -> float | None:
+    """Mean of the non-null values (bools count 0/1); None when there are none."""
+    xs = [float(v) for v in values if v is not None]
+    return round(sum(xs) / len(xs), 6) if xs else None
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "n": len(rows),
+        "esm": _mean([r["esm"] for r in rows]),
+        "exact": _mean([r["exact"] for r in rows]),
+        "ast": _mean([r["ast"] for r in rows]),
+    }
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run metrics from results rows: `n`, mean `esm`/`exact`/`ast` (over the rows where
+    each applies; None when none does), `errors` {kind: count} (every row not `ok`,
+    sorted by kind), `by_category` {category: {n, esm, exact, ast}} (sorted)."""
+    errors = Counter(error_kind(r["error_type"]) for r in rows if r["error_type"] != OK)
+    buckets: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        for cat in r.get("categories") or [r["category"]]:
+            buckets.setdefault(cat, []).append(r)
+    return {
+        **_summary(rows),
+        "errors": dict(sorted(errors.items())),
+        "by_category": {cat: _summary(rs) for cat, rs in sorted(buckets.items())},
+    }

@@ -1,0 +1,304 @@
+"""The whole TTPA run as one stage graph (`ttpa-ray pipeline --config FILE --run-dir DIR`).
+
+    construct → model (tiny, when asked) → sft → sample (TPS, both modes + ESM)
+      → ttpa (token-level DPO on TPS pairs) → dpo_response (baseline: gold vs a sampled
+      response, no ESM, no token mask) → eval (each model served on Ray Serve, queried
+      over HTTP) → report
+
+Each stage writes under `RUN_DIR/<stage>/` and is recorded in `RUN_DIR/pipeline.json`
+with a key: the hash of its own settings and the keys of the stages it reads. A re-run
+skips a finished stage whose key is unchanged (and whose outputs exist); `--from STAGE`
+re-runs that stage and everything after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ttpa_ray.config import Config, TrainConfig
+from ttpa_ray.schema.io import config_hash, read_rows, write_rows
+
+log = logging.getLogger("ttpa_ray")
+
+STAGES = ("construct", "model", "sft", "sample", "ttpa", "dpo_response", "eval", "report")
+DEPENDS = {
+    "construct": (),
+    "model": ("construct",),
+    "sft": ("construct", "model"),
+    "sample": ("construct", "sft"),
+    "ttpa": ("sample", "sft"),
+    "dpo_response": ("sample", "sft", "construct"),
+    "eval": ("construct", "sft", "ttpa", "dpo_response"),
+    "report": ("eval",),
+}
+MODELS = ("sft", "dpo_response", "ttpa")
+
+
+class Pipeline:
+    """One run dir, one config; `run()` executes the stages that are not up to date."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run = Path(run_dir)
+        self.progress = progress
+        self.state_path = self.run / "pipeline.json"
+        self.state: dict[str, Any] = {"stages": {}}
+        if self.state_path.exists():
+            self.state = json.loads(self.state_path.read_text())
+        self.keys: dict[str, str] = {}
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def settings(self, stage: str) -> Any:
+        c, p = self.cfg, self.cfg.pipeline
+        return {
+            "construct": c.construct.model_dump(mode="json"),
+            "model": {"model": p.model, "tiny": p.tiny.model_dump()},
+            "sft": self.train_cfg("sft").model_dump(mode="json"),
+            "sample": c.sample.model_dump(mode="json", exclude={"policy"}),
+            "ttpa": self.train_cfg("ttpa").model_dump(mode="json"),
+            "dpo_response": self.train_cfg("dpo_response").model_dump(mode="json"),
+            "eval": {"suites": p.eval_suites, "limit": p.eval_limit, "serve": c.serve.model_dump()},
+            "report": {},
+        }[stage]
+
+    def key(self, stage: str) -> str:
+        if stage not in self.keys:
+            deps = {d: self.key(d) for d in DEPENDS[stage]}
+            self.keys[stage] = config_hash({"settings": self.settings(stage), "deps": deps})
+        return self.keys[stage]
+
+    def done(self, stage: str) -> bool:
+        rec = self.state["stages"].get(stage) or {}
+        return rec.get("status") == "done" and rec.get("key") == self.key(stage)
+
+    def _save(self) -> None:
+        self.run.mkdir(parents=True, exist_ok=True)
+        stages = [
+            {"name": s, **self.state["stages"][s]} for s in STAGES if s in self.state["stages"]
+        ]
+        out = {"stages": stages, "config": self.cfg.model_dump(mode="json")}
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=2, default=str))
+        tmp.replace(self.state_path)
+        self.state["stages"] = {
+            s["name"]: {k: v for k, v in s.items() if k != "name"} for s in stages
+        }
+
+    def train_cfg(self, which: str) -> TrainConfig:
+        """The `train` section with the pipeline's per-run overrides (SFT, TTPA, baseline)."""
+        p = self.cfg.pipeline
+        over = {"sft": p.sft, "ttpa": p.ttpa, "dpo_response": p.dpo_response}[which]
+        base = self.cfg.train.model_dump()
+        merged = {**base, **{k: v for k, v in over.items() if k != "dpo"}}
+        if "dpo" in over:
+            merged["dpo"] = {**base["dpo"], **over["dpo"]}
+        return TrainConfig.model_validate(merged)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run_all(self, start: str | None = None, stop_after: str | None = None) -> dict[str, Any]:
+        """Run every stage that is not up to date (all from `start` on); returns the state."""
+        if start is not None and start not in STAGES:
+            raise ValueError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
+        forced = set(STAGES[STAGES.index(start) :]) if start else set()
+        t_run = time.perf_counter()
+        for i, stage in enumerate(STAGES):
+            label = f"[{i + 1}/{len(STAGES)}] {stage}"
+            if stage not in forced and self.done(stage):
+                print(f"{label}: up to date, skipped", flush=True)
+                self.state["stages"][stage]["status_this_run"] = "skipped"
+                continue
+            eta = self._eta(stage)
+            print(
+                f"{label}: running{eta} (run time so far {time.perf_counter() - t_run:.0f}s)",
+                flush=True,
+            )
+            t0 = time.perf_counter()
+            self.state["stages"][stage] = {"status": "running", "key": self.key(stage)}
+            self._save()
+            try:
+                counts = self._stage_fn(stage)()
+            except BaseException:
+                self.state["stages"][stage]["status"] = "failed"
+                self.state["stages"][stage]["seconds"] = round(time.perf_counter() - t0, 2)
+                self._save()
+                raise
+            seconds = round(time.perf_counter() - t0, 2)
+            self.state["stages"][stage] = {
+                "status": "done",
+                "key": self.key(stage),
+                "seconds": seconds,
+                "status_this_run": "ran",
+                **(counts or {}),
+            }
+            self._save()
+            print(f"{label}: done in {seconds:.1f}s {self._counts_text(counts)}", flush=True)
+            if stage == stop_after:
+                break
+        return self.state
+
+    def _eta(self, stage: str) -> str:
+        prev = (self.state["stages"].get(stage) or {}).get("seconds")
+        return f" (last time {prev:.0f}s)" if prev else ""
+
+    @staticmethod
+    def _counts_text(counts: dict[str, Any] | None) -> str:
+        if not counts or counts.get("rows_in") is None:
+            return ""
+        return (
+            f"rows_in={counts['rows_in']} rows_out={counts['rows_out']} "
+            f"quarantined={counts['rows_quarantined']}"
+        )
+
+    def _stage_fn(self, stage: str) -> Callable[[], dict[str, Any] | None]:
+        return getattr(self, f"_{stage}")
+
+    # -- stages ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _totals(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+        total = next((s for s in manifest.get("stages", []) if s["stage"] == name), None)
+        if total is None:
+            return {}
+        return {k: total[k] for k in ("rows_in", "rows_out", "rows_quarantined")}
+
+    def _construct(self) -> dict[str, Any]:
+        from ttpa_ray.construct.stage import run_construct
+
+        m = run_construct(self.cfg.construct, self.run / "construct", progress=self.progress)
+        return self._totals(m, "construct")
+
+    def model_dir(self) -> Path:
+        p = self.cfg.pipeline
+        return self.run / "model" if p.model == "tiny" else Path(p.model)
+
+    def _model(self) -> dict[str, Any]:
+        p = self.cfg.pipeline
+        if p.model != "tiny":
+            if not Path(p.model).is_dir():
+                raise FileNotFoundError(f"pipeline.model: model directory {p.model} does not exist")
+            return {}
+        from ttpa_ray.construct.steps import catalog_tools
+        from ttpa_ray.train.tiny import TinyModelConfig, catalog_texts, create_tiny_model_dir
+
+        tools = [t.to_openai() for t in catalog_tools(self.cfg.construct.catalog)]
+        create_tiny_model_dir(
+            catalog_texts(tools), self.run / "model", TinyModelConfig(**p.tiny.model_dump())
+        )
+        return {}
+
+    def _train(self, mode: str, which: str, data: Path, model: Path) -> dict[str, Any]:
+        from ttpa_ray.train.trainer import run_training
+
+        m = run_training(mode, self.train_cfg(which), data, model, self.run / which)
+        return self._totals(m, f"train.{mode}.examples") | {"steps": m["steps"]}
+
+    def _sft(self) -> dict[str, Any]:
+        return self._train("sft", "sft", self.run / "construct", self.model_dir())
+
+    def _sample(self) -> dict[str, Any]:
+        from ttpa_ray.sample.stage import run_sample
+
+        cfg = self.cfg.sample.model_copy(update={"policy": str(self.run / "sft" / "model")})
+        m = run_sample(cfg, self.run / "construct", self.run / "sample", progress=self.progress)
+        return self._totals(m, "sample.turns") | {"pairs": m["pairs"]}
+
+    def _ttpa(self) -> dict[str, Any]:
+        return self._train("dpo", "ttpa", self.run / "sample", self.run / "sft" / "model")
+
+    def _dpo_response(self) -> dict[str, Any]:
+        """The response-level DPO baseline on the same turns: chosen = the gold answer,
+        rejected = one sampled full response (n_sample) of the turn; no ESM weights or
+        thresholds, no token-level mask (`train.dpo.token_level` off in its overrides)."""
+        pairs = build_response_pairs(self.run / "sample" / "pairs.parquet")
+        if not pairs:
+            raise ValueError("dpo_response: TPS produced no n_sample pairs to build the baseline")
+        from ttpa_ray.schema.records import PAIR_SCHEMA
+
+        path = self.run / "dpo_response" / "pairs" / "pairs.parquet"
+        write_rows(path, pairs, PAIR_SCHEMA)
+        return self._train("dpo", "dpo_response", path.parent, self.run / "sft" / "model")
+
+    def _eval(self) -> dict[str, Any]:
+        from ray import serve
+
+        from ttpa_ray.eval import run_eval, summarize
+        from ttpa_ray.serve.app import build_app
+
+        p, sc = self.cfg.pipeline, self.cfg.serve
+        port = sc.port or 8000
+        serve.start(http_options={"host": sc.host, "port": port})
+        root = self.run / "eval"
+        try:
+            for name in MODELS:
+                cfg = sc.model_copy(
+                    update={"model": str(self.run / name / "model"), "model_id": name}
+                )
+                serve.run(build_app(cfg), name=f"eval-{name}", route_prefix=f"/{name}")
+            for name in MODELS:
+                for suite in p.eval_suites:
+                    spec = f"heldout:{self.run / 'construct'}" if suite == "heldout" else suite
+                    run_eval(
+                        f"http://{sc.host}:{port}/{name}/v1",
+                        name,
+                        spec,
+                        root / name / suite.split(":")[0],
+                        limit=p.eval_limit,
+                        distractors=self.cfg.sample.distractors,
+                        progress=self.progress,
+                    )
+        finally:
+            for name in MODELS:
+                with contextlib.suppress(Exception):  # best-effort cleanup
+                    serve.delete(f"eval-{name}")
+        summary = summarize(root)
+        (root / "summary.json").write_text(json.dumps(summary, indent=2))
+        return {}
+
+    def _report(self) -> dict[str, Any]:
+        from ttpa_ray.report import build_report, headline
+
+        path = build_report(self.run)
+        print(headline(self.run))
+        print(f"report: {path}")
+        return {}
+
+
+def build_response_pairs(pairs_path: Path) -> list[dict[str, Any]]:
+    """Response-level pairs from the TPS output: per turn, the gold answer (chosen; pairs
+    whose chosen scored 1.0 are gold or equal to it) against the first sampled response
+    that lost to it; `source` `response`, no branch index."""
+    seen: set[str] = set()
+    out = []
+    for row in read_rows(pairs_path):
+        turn = row["id"].rsplit(":p", 1)[0]
+        if row["source"] != "n_sample" or row["chosen_score"] < 1.0 or turn in seen:
+            continue
+        seen.add(turn)
+        out.append(
+            {
+                **row,
+                "id": f"{turn}:response",
+                "source": "response",
+                "branch_token_index": -1,
+                "chosen_score": 1.0,
+                "rejected_score": 0.0,
+            }
+        )
+    return out
+
+
+def run_pipeline(
+    cfg: Config, run_dir: str | Path, start: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    from ttpa_ray.ray_utils import init_ray
+
+    init_ray()
+    return Pipeline(cfg, run_dir, progress).run_all(start)
