@@ -236,6 +236,18 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ttpa_ray.report import build_report, headline
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"no run dir at {run_dir}")
+    path = build_report(run_dir)
+    print(headline(run_dir))
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ttpa_ray.construct.dataset import EXPORTERS
     from ttpa_ray.schema.io import read_rows
@@ -394,6 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
         "eval, report",
     )
     pl.set_defaults(func=_cmd_pipeline)
+
+    rp = sub.add_parser(
+        "report", help="write RUN_DIR/report/index.html and print the headline table"
+    )
+    rp.add_argument("run_dir", help="a pipeline run dir (any stages may be missing)")
+    rp.set_defaults(func=_cmd_report)
 
     e = sub.add_parser("export", help="export episodes as sharegpt or openai-jsonl")
     e.add_argument("--episodes", required=True, help="an episodes .parquet or a directory of them")

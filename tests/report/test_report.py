@@ -1,0 +1,200 @@
+"""`ttpa_ray.report`: the HTML report of a run dir and the terminal headline."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+from report_rundir import MISMATCH_STAGE, MODELS, make_run_dir
+
+from ttpa_ray.report import build_report, headline
+
+pytestmark = pytest.mark.timeout(120)
+
+SECTION_HEADINGS = (
+    "Headline: held-out evaluation",
+    "Pipeline stages",
+    "Dataset construction",
+    "Training curves",
+    "TPS sampling and preference pairs",
+    "Evaluation by suite",
+)
+IMG_RE = re.compile(
+    r'<img class="plot" src="data:image/png;base64,([A-Za-z0-9+/=]*)" alt="([^"]*)"'
+)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _html(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_report_written_with_every_section(full_run: Path, full_report: Path) -> None:
+    assert full_report == full_run / "report" / "index.html"
+    html = _html(full_report)
+    assert html.startswith("<!DOCTYPE html>")
+    assert "<title>TTPA run report: run-full</title>" in html
+    for h in SECTION_HEADINGS:
+        assert f"<h2>{h}</h2>" in html, h
+    # table of contents links every section
+    for sid in ("headline", "pipeline", "construct", "training", "sampling", "eval"):
+        assert f'<a href="#{sid}">' in html and f'<section id="{sid}">' in html
+    assert "not available" not in html, re.findall(r"not available: [^<]*", html)
+    assert "section failed" not in html
+    # self-contained: no external resources
+    assert not re.search(r'(src|href)="(https?:|file:|//)', html)
+
+
+def test_headline_numbers_and_best_in_bold(full_report: Path) -> None:
+    html = _html(full_report)
+    head = html.split('<section id="headline">', 1)[1].split("</section>", 1)[0]
+    for v in ("0.512", "0.402", "0.451", "0.601", "0.463", "0.735", "0.558", "0.604"):
+        assert v in head, v
+    for m in MODELS:
+        assert f"<td>{m}</td>" in head
+    # best per column bold: ttpa wins every column
+    assert head.count("<strong>") == 3
+    for v in ("0.735", "0.558", "0.604"):
+        assert f"<strong>{v}</strong>" in head
+    # the headline comes before the table of contents, both before the first section
+    assert html.index('<section id="headline">') < html.index('<nav class="toc">')
+    assert html.index('<nav class="toc">') < html.index('<section id="pipeline">')
+
+
+def test_plots_are_inline_pngs_with_alt_text(full_report: Path) -> None:
+    html = _html(full_report)
+    imgs = IMG_RE.findall(html)
+    # stage bars, loss, rewards, candidate ESM, margins, branch index, eval ESM, categories
+    assert len(imgs) >= 8, len(imgs)
+    assert html.count("<img") == len(imgs)
+    for b64, alt in imgs:
+        assert len(b64) > 1000
+        assert alt.strip()
+    data = base64.b64decode(imgs[0][0], validate=True)
+    assert data.startswith(PNG_MAGIC)
+    for b64, _ in imgs:
+        assert base64.b64decode(b64).startswith(PNG_MAGIC)
+
+
+def test_accounting_mismatch_flagged(full_report: Path) -> None:
+    html = _html(full_report)
+    pipe = html.split('<section id="pipeline">', 1)[1].split("</section>", 1)[0]
+    flagged = re.findall(r'<tr class="acct-mismatch"><td>([^<]*)</td>', pipe)
+    assert flagged == [MISMATCH_STAGE]
+    assert "accounting mismatch: rows_in 100 ≠ rows_out 90 + rows_quarantined 5" in pipe
+    assert f"Row accounting mismatch in 1 stage(s): {MISMATCH_STAGE}" in pipe
+    # the consistent manifests are not flagged
+    rest = html.split('<section id="construct">', 1)[1]
+    assert 'class="acct-mismatch"' not in rest
+
+
+def test_sections_show_their_data(full_report: Path) -> None:
+    html = _html(full_report)
+    # stage timing and statuses
+    assert "<td>failed</td>" in html and "<td>skipped</td>" in html
+    # construct: splits, quarantine reasons, card rendered with its text escaped
+    assert "<td>schema_violation</td>" in html
+    assert "Dataset card: ttpa-ray constructed episodes" in html
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # sampling: counts by source from the manifest
+    assert "<td>n_sample</td><td>60</td><td>25</td>" in html
+    assert "<td>branch</td><td>30</td><td>15</td>" in html
+    # eval: categories and error types
+    for c in ("simple", "multiple", "parallel"):
+        assert f"<td>{c}</td>" in html
+    for e in ("wrong_name", "bad_args", "no_call"):
+        assert f"<td>{e}</td>" in html
+    assert "Suite: heldout" in html
+
+
+def test_partial_run_renders_with_not_available_notes(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "partial", partial=True)
+    html = _html(build_report(run))
+    for h in SECTION_HEADINGS:
+        assert f"<h2>{h}</h2>" in html, h
+    for f in (
+        "eval/summary.json",
+        "construct/manifest.json",
+        "construct/card.md",
+        "sft/metrics.jsonl",
+        "ttpa/metrics.jsonl",
+        "dpo_response/metrics.jsonl",
+        "sample/manifest.json",
+        "sample/candidates.parquet",
+        "sample/pairs.parquet",
+    ):
+        assert f"not available: {f}" in html, f
+    assert "not available: eval/&lt;model&gt;/&lt;suite&gt;/results.parquet" in html
+    assert "section failed" not in html
+    # the pipeline section still has its table, plot and the mismatch flag
+    assert len(IMG_RE.findall(html)) == 1
+    assert 'class="acct-mismatch"' in html
+    assert headline(run) == "headline: not available: eval/summary.json"
+
+
+def test_empty_and_malformed_inputs_do_not_break_the_report(tmp_path: Path) -> None:
+    run = tmp_path / "broken"
+    html = _html(build_report(run))  # nothing at all
+    assert "not available: pipeline.json" in html
+    (run / "pipeline.json").write_text("{not json")
+    (run / "sft").mkdir()
+    (run / "sft" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')
+    (run / "sample").mkdir()
+    (run / "sample" / "pairs.parquet").write_text("not parquet")
+    html = _html(build_report(run))
+    assert "not available: pipeline.json (unreadable" in html
+    assert "not available: sample/pairs.parquet (unreadable" in html
+    assert "section failed" not in html
+    assert len(IMG_RE.findall(html)) == 1  # the sft loss curve from its one whole line
+
+
+def test_headline_text(full_run: Path) -> None:
+    text = headline(full_run)
+    lines = text.splitlines()
+    assert "heldout" in lines[0] and "eval/summary.json" in lines[0]
+    assert lines[1].split()[0] == "model" and "mean ESM" in lines[1]
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[3:6]}
+    assert rows == {
+        "sft": ["0.512", "0.402", "0.451"],
+        "dpo_response": ["0.601", "0.463", "n/a"],
+        "ttpa": ["0.735*", "0.558*", "0.604*"],
+    }
+
+
+def test_headline_falls_back_to_per_model_metrics(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "r")
+    (run / "eval" / "summary.json").unlink()
+    text = headline(run)
+    assert "eval/<model>/heldout/metrics.json" in text
+    assert "0.735*" in text
+    # summary.json nested per suite is read too (held-out preferred)
+    nested = {
+        m: {"bfcl": {"esm": 0.1}, "heldout": v}
+        for m, v in json.loads(json.dumps({"sft": {"esm": 0.3, "exact": 0.2, "ast": 0.1}})).items()
+    }
+    (run / "eval" / "summary.json").write_text(json.dumps(nested))
+    text = headline(run)
+    assert "eval/summary.json" in text and "0.300*" in text and "dpo_response" not in text
+
+
+def test_eval_metrics_fall_back_to_results(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "r")
+    (run / "eval" / "ttpa" / "heldout" / "metrics.json").unlink()
+    html = _html(build_report(run))
+    sec = html.split('<section id="eval">', 1)[1].split("</section>", 1)[0]
+    assert "eval/ttpa/heldout/metrics.json missing: metrics computed from results.parquet" in sec
+    assert "<td>simple</td><td>ttpa</td><td>10</td>" in sec
+    assert "section failed" not in html
+
+
+def test_headline_reads_what_eval_summarize_writes(tmp_path: Path) -> None:
+    harness = pytest.importorskip("ttpa_ray.eval.harness")
+    run = make_run_dir(tmp_path / "r")
+    summary = harness.summarize(run / "eval")
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    text = headline(run)
+    assert "0.735*" in text and "0.512" in text and "dpo_response" in text
