@@ -236,6 +236,34 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ttpa_ray.eval import run_eval
+
+    m = run_eval(
+        args.endpoint,
+        args.model,
+        args.suite,
+        Path(args.out),
+        api_key=args.api_key,
+        max_concurrency=args.concurrency,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        limit=args.limit,
+        distractors=args.distractors,
+        max_retries=args.max_retries,
+        progress=not args.no_progress,
+    )
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(
+        f"{m['suite']} {m['model']}: n={m['n']} esm={fmt(m['esm'])} exact={fmt(m['exact'])} "
+        f"ast={fmt(m['ast'])} request_errors={m['request_errors']} → {args.out}"
+    )
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ttpa_ray.report import build_report, headline
 
@@ -406,6 +434,25 @@ def build_parser() -> argparse.ArgumentParser:
         "eval, report",
     )
     pl.set_defaults(func=_cmd_pipeline)
+
+    ev = sub.add_parser("eval", help="evaluate an OpenAI-compatible endpoint on a suite")
+    ev.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8000/v1")
+    ev.add_argument("--model", required=True, help="model name sent in requests and recorded")
+    ev.add_argument(
+        "--suite",
+        required=True,
+        help="heldout:<construct_dir> | bfcl:<cat1,cat2,...|all> | toolbench:<file>",
+    )
+    ev.add_argument("--out", required=True, help="output dir (results.parquet, metrics.json)")
+    ev.add_argument("--api-key", default=None)
+    ev.add_argument("--concurrency", type=int, default=8)
+    ev.add_argument("--max-tokens", type=int, default=512)
+    ev.add_argument("--temperature", type=float, default=0.0)
+    ev.add_argument("--limit", type=int, default=None, help="examples (per BFCL category)")
+    ev.add_argument("--distractors", type=int, default=None, help="held-out: extra tools offered")
+    ev.add_argument("--max-retries", type=int, default=3)
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
 
     rp = sub.add_parser(
         "report", help="write RUN_DIR/report/index.html and print the headline table"

@@ -45,8 +45,8 @@ class Example:
     e.g. `heldout_tools` and `multi_call`); the first is its main `category`.
     `gold_calls`: flat calls `{"name", "arguments": dict}` (`[]`: no call expected;
     `None`: no gold call known, as in BFCL's `live_relevance`, so ESM/exact do not apply).
-    `possible_answer`: BFCL ground truth for the AST check (`None`: AST not applicable).
-    `ast_functions`: the docs the AST checker reads (the OpenAI tools when omitted).
+    `possible_answer`: BFCL ground truth for the AST check against `tools` in `language`
+    (`None`: AST not applicable, unless `ast_any_call`).
     """
 
     id: str
@@ -107,7 +107,9 @@ def parse_prediction(text: str) -> tuple[list[dict[str, Any]], list[str]]:
     return calls, parsed.errors
 
 
-def score_prediction(example: Example, text: str | None, error: str | None = None) -> dict[str, Any]:
+def score_prediction(
+    example: Example, text: str | None, error: str | None = None
+) -> dict[str, Any]:
     """One results row (without suite/model/latency) for `example` answered by `text`.
 
     `error`: why the request failed (then `text` is ignored and everything scores 0).
@@ -151,9 +153,7 @@ def score_prediction(example: Example, text: str | None, error: str | None = Non
     if example.ast_any_call:
         row["ast"], row["ast_error"] = bool(calls), None if calls else "no_call"
     elif example.possible_answer is not None:
-        ok, ast_error = ast_check(
-            calls, example.possible_answer, example.tools, example.language
-        )
+        ok, ast_error = ast_check(calls, example.possible_answer, example.tools, example.language)
         row["ast"], row["ast_error"] = bool(ok), ast_error
     else:
         row["ast"], row["ast_error"] = None, None
@@ -161,12 +161,14 @@ def score_prediction(example: Example, text: str | None, error: str | None = Non
 
 
 def error_kind(error_type: str) -> str:
-    """The bucket of an `error_type` in `metrics["errors"]`: request and parse errors are
-    counted by kind (their detail varies per example), ESM reasons as they are."""
-    for kind in (REQUEST_ERROR, PARSE_ERROR):
-        if error_type.startswith(kind):
-            return kind
-    return error_type
+    """The bucket of an `error_type` in `metrics["errors"]`: its first label without
+    detail, so the buckets stay few (results rows keep the full text).
+
+    `request_error: HTTP 500 ...` → `request_error`; ESM's `wrong_name,value_mismatch` →
+    `wrong_name` (ESM lists labels in the order name, required, key, type, value);
+    `call_count:1!=2` → `call_count`.
+    """
+    return error_type.split(",")[0].split(":")[0].strip()
 
 
 def _mean(values: list[Any]) -> float | None:
