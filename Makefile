@@ -38,7 +38,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ttpa-ray demo --out runs/demo
+	$(VENV)/bin/ttpa-ray demo --config configs/tiny-cpu.yaml --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -231,7 +231,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from ttpa_ray.pipeline import run_pipeline
 
     cfg = load_config(args.config)
-    run_pipeline(cfg, args.run_dir, start=args.start)
+    run_pipeline(cfg, args.run_dir, start=args.start, until=args.until)
     print(f"run dir: {args.run_dir} (pipeline.json, report/index.html)")
     return 0
 
@@ -300,7 +300,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ttpa_ray.demo import run_demo
 
-    run_demo(Path(args.out))
+    run_demo(Path(args.out), args.config)
     return 0
 
 
@@ -433,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run from this stage on: construct, model, sft, sample, ttpa, dpo_response, "
         "eval, report",
     )
+    pl.add_argument("--until", help="stop after this stage")
     pl.set_defaults(func=_cmd_pipeline)
 
     ev = sub.add_parser("eval", help="evaluate an OpenAI-compatible endpoint on a suite")
@@ -466,8 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output .jsonl file")
     e.set_defaults(func=_cmd_export)
 
-    d = sub.add_parser("demo", help="run what exists of the pipeline on the CPU default")
+    d = sub.add_parser("demo", help="foundation showcase + the whole pipeline on the CPU default")
     d.add_argument("--out", default="runs/demo")
+    d.add_argument("--config", help="pipeline config (make demo: configs/tiny-cpu.yaml)")
     d.set_defaults(func=_cmd_demo)
     return p
 

@@ -13,7 +13,6 @@ re-runs that stage and everything after it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -50,7 +49,11 @@ class Pipeline:
         self.state_path = self.run / "pipeline.json"
         self.state: dict[str, Any] = {"stages": {}}
         if self.state_path.exists():
-            self.state = json.loads(self.state_path.read_text())
+            saved = json.loads(self.state_path.read_text())
+            # on disk: a list in stage order (what the report reads); here: by name
+            self.state["stages"] = {
+                s["name"]: {k: v for k, v in s.items() if k != "name"} for s in saved["stages"]
+            }
         self.keys: dict[str, str] = {}
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -114,6 +117,9 @@ class Pipeline:
             if stage not in forced and self.done(stage):
                 print(f"{label}: up to date, skipped", flush=True)
                 self.state["stages"][stage]["status_this_run"] = "skipped"
+                self._save()
+                if stage == stop_after:
+                    break
                 continue
             eta = self._eta(stage)
             print(
@@ -233,7 +239,8 @@ class Pipeline:
         from ttpa_ray.serve.app import build_app
 
         p, sc = self.cfg.pipeline, self.cfg.serve
-        port = sc.port or 8000
+        port = sc.port or free_port(sc.host)
+        # Serve runs for this stage only, on loopback unless configured otherwise
         serve.start(http_options={"host": sc.host, "port": port})
         root = self.run / "eval"
         try:
@@ -255,9 +262,7 @@ class Pipeline:
                         progress=self.progress,
                     )
         finally:
-            for name in MODELS:
-                with contextlib.suppress(Exception):  # best-effort cleanup
-                    serve.delete(f"eval-{name}")
+            serve.shutdown()
         summary = summarize(root)
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
         return {}
@@ -269,6 +274,14 @@ class Pipeline:
         print(headline(self.run))
         print(f"report: {path}")
         return {}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def build_response_pairs(pairs_path: Path) -> list[dict[str, Any]]:
@@ -296,9 +309,16 @@ def build_response_pairs(pairs_path: Path) -> list[dict[str, Any]]:
 
 
 def run_pipeline(
-    cfg: Config, run_dir: str | Path, start: str | None = None, progress: bool = True
+    cfg: Config,
+    run_dir: str | Path,
+    start: str | None = None,
+    progress: bool = True,
+    until: str | None = None,
 ) -> dict[str, Any]:
+    """Run the pipeline into `run_dir` (from `start`, through `until`); returns the state."""
     from ttpa_ray.ray_utils import init_ray
 
+    if until is not None and until not in STAGES:
+        raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     init_ray()
-    return Pipeline(cfg, run_dir, progress).run_all(start)
+    return Pipeline(cfg, run_dir, progress).run_all(start, stop_after=until)
