@@ -168,7 +168,9 @@ class HFChatBackend:
             kw.update(stop_strings=head.stop, tokenizer=self.tokenizer)
         return kw
 
-    def _run_group(self, reqs: list[GenRequest], prompts: list[list[int]]) -> list[Generation]:
+    def _run_group(
+        self, reqs: list[GenRequest], prompts: list[list[int]], streamer: Any = None
+    ) -> list[Generation]:
         head = reqs[0]
         width = max(len(p) for p in prompts)
         pad = self.engine.pad_token_id
@@ -181,6 +183,8 @@ class HFChatBackend:
         processors = self._processors(reqs)
         if processors:
             kw["logits_processor"] = processors
+        if streamer is not None:  # generate() streams a batch of one
+            kw["streamer"] = streamer
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with (
             self._lock,
@@ -250,7 +254,8 @@ class HFChatBackend:
         def run() -> None:
             try:
                 # generate() streams a batch of one: a single choice
-                box["gen"] = self._run_one(GenRequest(**{**req.__dict__, "n": 1}), prompt, streamer)
+                one = GenRequest(**{**req.__dict__, "n": 1})
+                box["gen"] = self._run_group([one], [prompt], streamer)[0]
             except Exception as exc:  # surfaced to the caller below
                 box["error"] = exc
             finally:
@@ -277,32 +282,3 @@ class HFChatBackend:
         if gen.texts[0].startswith(sent) and len(gen.texts[0]) > len(sent):
             yield gen.texts[0][len(sent) :]  # e.g. what a stop string left of the end
         yield gen
-
-    def _run_one(self, req: GenRequest, prompt: list[int], streamer: Any) -> Generation:
-        kw = self._kwargs(req, len(prompt))
-        processors = self._processors([req])
-        if processors:
-            kw["logits_processor"] = processors
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with (
-            self._lock,
-            self._adapter(req.adapter),
-            torch.random.fork_rng(devices=devices),
-            torch.inference_mode(),
-        ):
-            if req.seed is not None:
-                torch.manual_seed(req.seed)
-            out = self.model.generate(
-                input_ids=torch.tensor([prompt], device=self.device),
-                attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=self.device),
-                streamer=streamer,
-                **kw,
-            )
-        seq = out[0, len(prompt) :].tolist()
-        eos = set(self.engine.eos_token_ids) | {self.engine.pad_token_id}
-        end = next((k for k, t in enumerate(seq) if t in eos), None)
-        body = seq if end is None else seq[:end]
-        text = str(self.tokenizer.decode(body, skip_special_tokens=True))
-        cut = truncate_at_stop(text, req.stop)
-        reason = "stop" if end is not None or cut != text else "length"
-        return Generation([cut], [reason], len(prompt), len(body) + (0 if end is None else 1))
