@@ -272,6 +272,7 @@ class PipelineConfig(Strict):
         ["heldout"], description="heldout | bfcl:<categories> | toolbench:<file>"
     )
     eval_limit: int | None = Field(None, gt=0, description="examples per suite (None: all)")
+    eval_max_tokens: int = Field(256, gt=0, description="new tokens per eval request")
 
 
 class LoraConfig(Strict):

@@ -67,7 +67,12 @@ class Pipeline:
             "sample": c.sample.model_dump(mode="json", exclude={"policy"}),
             "ttpa": self.train_cfg("ttpa").model_dump(mode="json"),
             "dpo_response": self.train_cfg("dpo_response").model_dump(mode="json"),
-            "eval": {"suites": p.eval_suites, "limit": p.eval_limit, "serve": c.serve.model_dump()},
+            "eval": {
+                "suites": p.eval_suites,
+                "limit": p.eval_limit,
+                "max_tokens": p.eval_max_tokens,
+                "serve": c.serve.model_dump(),
+            },
             "report": {},
         }[stage]
 
@@ -244,12 +249,13 @@ class Pipeline:
         serve.start(http_options={"host": sc.host, "port": port})
         root = self.run / "eval"
         try:
+            # One model at a time: each replica gets the configured CPUs/GPUs without
+            # three replicas competing for (or waiting on) a small machine.
             for name in MODELS:
                 cfg = sc.model_copy(
                     update={"model": str(self.run / name / "model"), "model_id": name}
                 )
                 serve.run(build_app(cfg), name=f"eval-{name}", route_prefix=f"/{name}")
-            for name in MODELS:
                 for suite in p.eval_suites:
                     spec = f"heldout:{self.run / 'construct'}" if suite == "heldout" else suite
                     run_eval(
@@ -258,9 +264,11 @@ class Pipeline:
                         spec,
                         root / name / suite.split(":")[0],
                         limit=p.eval_limit,
+                        max_tokens=p.eval_max_tokens,
                         distractors=self.cfg.sample.distractors,
                         progress=self.progress,
                     )
+                serve.delete(f"eval-{name}")
         finally:
             serve.shutdown()
         summary = summarize(root)
