@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--config", default=str(ROOT / "configs" / "tiny-cpu.yaml"))
     ap.add_argument("--keep", help="keep the run dirs under this directory")
+    ap.add_argument("--sft-steps", type=int, help="override pipeline.sft.max_steps")
     args = ap.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -48,6 +49,8 @@ def main() -> None:
             cfg.train.seed = seed
             cfg.sample.seed = seed
             cfg.pipeline.tiny.seed = seed
+            if args.sft_steps:
+                cfg.pipeline.sft.update(max_steps=args.sft_steps, checkpoint_every=args.sft_steps)
             t0 = time.perf_counter()
             run_pipeline(cfg, root / f"seed-{seed}", progress=False)
             seconds.append(time.perf_counter() - t0)
@@ -55,7 +58,8 @@ def main() -> None:
             for m in MODELS:
                 results[m].append(summary[m])
 
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs; config {args.config}")
+    sft = f", SFT steps {args.sft_steps}" if args.sft_steps else ""
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs; config {args.config}{sft}")
     print(f"{args.seeds} seeds, {statistics.mean(seconds):.0f}s per pipeline run")
     print(f"{'model':14s} " + " ".join(f"seed{s} esm/exact" for s in range(args.seeds)))
     for m in MODELS:
