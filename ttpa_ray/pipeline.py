@@ -14,7 +14,6 @@ re-runs that stage and everything after it.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,6 @@ from typing import Any
 
 from ttpa_ray.config import Config, TrainConfig
 from ttpa_ray.schema.io import config_hash, read_rows, write_rows
-
-log = logging.getLogger("ttpa_ray")
 
 STAGES = ("construct", "model", "sft", "sample", "ttpa", "dpo_response", "eval", "report")
 DEPENDS = {

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from collections import Counter
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from ttpa_ray.sample.turns import SAMPLED_SCHEMA, TURN_SCHEMA, Turn, episode_tur
 from ttpa_ray.schema.io import StageCounts, config_hash, read_table, write_manifest, write_rows
 from ttpa_ray.schema.records import PAIR_SCHEMA, QUARANTINE_SCHEMA, QuarantineRecord
 
-log = logging.getLogger("ttpa_ray")
 STAGE = "sample"
 SCORED_SCHEMA = SAMPLED_SCHEMA.append(pa.field("scores", pa.string()))
 PAIRED_SCHEMA = SCORED_SCHEMA.append(pa.field("pairs", pa.string()))
@@ -141,11 +140,18 @@ class SamplerStage:
 # -- ESM and pair map stages ------------------------------------------------------------------
 
 
-def score_batch(batch: pa.Table) -> pa.Table:
-    """ESM map stage: a `scores` column (JSON list of `{score, reason}` per candidate)."""
+@cache
+def _scorer() -> Any:
+    # One per worker process: its parsed-tools cache then spans batches (the same tool
+    # lists recur across every turn of an episode).
     from ttpa_ray.score.batch import ESMBatchScorer
 
-    scorer = ESMBatchScorer()
+    return ESMBatchScorer()
+
+
+def score_batch(batch: pa.Table) -> pa.Table:
+    """ESM map stage: a `scores` column (JSON list of `{score, reason}` per candidate)."""
+    scorer = _scorer()
     scores = []
     for cands, gold, tools in zip(
         batch["candidates"].to_pylist(),

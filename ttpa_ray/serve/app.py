@@ -12,7 +12,6 @@ backend as batched `generate` calls; `batching: false` runs each request on its 
 """
 
 import asyncio
-import logging
 import os
 import time
 from collections.abc import Iterator
@@ -42,7 +41,6 @@ from ttpa_ray.serve.protocol import (
     usage,
 )
 
-log = logging.getLogger("ttpa_ray")
 TOOL_OPEN = "<tool_call>"
 
 api = FastAPI(

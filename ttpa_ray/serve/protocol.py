@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -271,9 +271,6 @@ def chunk(
 def sse(data: dict[str, Any] | str) -> str:
     """One server-sent event (`data: ...\\n\\n`)."""
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-ModelKind = Literal["base", "adapter"]
 
 
 def models_response(ids: list[str], owner: str = "ttpa-ray") -> dict[str, Any]:
