@@ -50,7 +50,9 @@ class TeacherConfig(Strict):
     tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs per engine replica")
     pipeline_parallel_size: int = Field(1, gt=0, description="vllm")
     concurrency: int = Field(1, gt=0, description="vllm: engine replicas per step processor")
-    accelerator_type: str | None = Field(None, description="vllm: e.g. H100")
+    accelerator_type: str | None = Field(
+        None, description="hf, vllm: GPU type the actors need, e.g. H100 (scales that group)"
+    )
     enable_prefix_caching: bool = Field(True, description="vllm: steps share the system prompt")
     max_model_len: int = Field(8192, gt=0, description="vllm: context length")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm")
@@ -96,6 +98,10 @@ class ConstructConfig(Strict):
     workers: int = Field(1, gt=0, description="Ray Data workers per step")
     num_cpus: float = Field(
         0.5, gt=0.0, description="CPUs per worker (fractional on small machines)"
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per worker, e.g. {cpu_pool: 1} to pin a node group",
     )
     teacher: TeacherConfig = TeacherConfig()
     split: SplitConfig = SplitConfig()
@@ -153,6 +159,9 @@ class SampleConfig(Strict):
     workers: int = Field(1, gt=0, description="sampler actors (hf, openai)")
     num_cpus: float = Field(1.0, gt=0.0, description="CPUs per sampler actor")
     num_gpus: float = Field(0.0, ge=0.0, description="hf: GPUs per actor")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per sampler actor (hf, openai)"
+    )
     batch_size: int = Field(4, gt=0, description="turns per actor batch")
     device: str = Field("cpu", description="hf: torch device")
     dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
@@ -166,7 +175,9 @@ class SampleConfig(Strict):
     # vllm
     tensor_parallel_size: int = Field(1, gt=0)
     concurrency: int = Field(1, gt=0, description="vllm: engine replicas")
-    accelerator_type: str | None = None
+    accelerator_type: str | None = Field(
+        None, description="hf, vllm: GPU type the sampler actors need, e.g. H100"
+    )
     enable_prefix_caching: bool = True
     max_model_len: int = Field(8192, gt=0)
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
@@ -208,6 +219,9 @@ class ServeConfig(Strict):
     num_replicas: int = Field(1, gt=0)
     num_cpus: float = Field(1.0, gt=0.0, description="CPUs per replica")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per replica")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="hf: custom Ray resources per replica"
+    )
     max_ongoing_requests: int = Field(
         32, gt=0, description="requests in flight per replica; more get HTTP 503"
     )
@@ -222,7 +236,9 @@ class ServeConfig(Strict):
     max_prompt_tokens: int | None = Field(None, gt=0, description="longer prompts get HTTP 400")
     # vllm (ray.serve.llm)
     tensor_parallel_size: int = Field(1, gt=0)
-    accelerator_type: str | None = None
+    accelerator_type: str | None = Field(
+        None, description="hf, vllm: GPU type of the replicas' node group, e.g. H100"
+    )
     max_model_len: int = Field(8192, gt=0)
     max_loras: int = Field(4, gt=0, description="vllm: adapters resident per replica")
     max_lora_rank: int = Field(64, gt=0)
@@ -325,6 +341,13 @@ class TrainConfig(Strict):
     workers: int = Field(1, gt=0, description="Ray Train workers")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, gt=0.0, description="with use_gpu")
+    accelerator_type: str | None = Field(
+        None, description="GPU type the workers need, e.g. H100 (scales that node group)"
+    )
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per worker, beyond CPU/GPU"
+    )
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
     export: Literal["merged", "adapter"] = Field(

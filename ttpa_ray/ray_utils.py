@@ -40,3 +40,24 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
     kwargs.setdefault("log_to_driver", True)
     kwargs.setdefault("configure_logging", False)
     return ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def remote_args(
+    num_cpus: float,
+    num_gpus: float = 0.0,
+    accelerator_type: str | None = None,
+    resources: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Ray remote options (tasks, actors, Ray Data stages) from a stage's resource fields.
+
+    Only what is set is passed: a GPU count of 0 stays unset (a CPU actor), and
+    `accelerator_type`/`resources` are what make the autoscaler pick a node group.
+    """
+    out: dict[str, Any] = {"num_cpus": num_cpus}
+    if num_gpus:
+        out["num_gpus"] = num_gpus
+    if accelerator_type:
+        out["accelerator_type"] = accelerator_type
+    if resources:
+        out["resources"] = dict(resources)
+    return out

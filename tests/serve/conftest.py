@@ -60,7 +60,7 @@ def server(ray_local, serve_model_dir, adapters) -> Iterator[dict[str, Any]]:
     from ray import serve
 
     from ttpa_ray.config import ServeConfig
-    from ttpa_ray.serve.app import build_app
+    from ttpa_ray.serve.app import make_app
     from ttpa_ray.serve.deploy import start
 
     port = free_port()
@@ -82,7 +82,7 @@ def server(ray_local, serve_model_dir, adapters) -> Iterator[dict[str, Any]]:
         max_ongoing_requests=1,
         default_max_tokens=16,
     )
-    serve.run(build_app(secure, api_key="sekret"), name="secure", route_prefix="/secure")
+    serve.run(make_app(secure, api_key="sekret"), name="secure", route_prefix="/secure")
     try:
         yield {
             "url": url,

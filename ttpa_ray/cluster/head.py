@@ -8,6 +8,7 @@ the whole tree is one process group that `stop()` signals. We never run a machin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -189,10 +190,8 @@ class LocalHead:
                     time.sleep(0.2)
                 if not _group_alive(pgid):
                     break
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
             self._log.close()
             self.proc = None
         if self.temp_dir is not None:

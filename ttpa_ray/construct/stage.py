@@ -35,6 +35,7 @@ from ttpa_ray.construct.steps import (
     make_teacher,
     step_rows,
 )
+from ttpa_ray.ray_utils import remote_args
 from ttpa_ray.schema.io import StageCounts, config_hash, read_table, write_manifest, write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA, QUARANTINE_SCHEMA
 
@@ -111,8 +112,8 @@ def build_dataset(
         # consecutive task stages fuse into one task per block.
         remote: dict[str, Any] = {
             "compute": ray.data.TaskPoolStrategy(size=cfg.workers),
-            "num_cpus": cfg.num_cpus,
             "batch_format": "pyarrow",
+            **remote_args(cfg.num_cpus, resources=cfg.resources),
         }
         for name in STEPS:
             ds = ds.map_batches(_step_batch, fn_args=(name, config_json), **remote)
@@ -125,8 +126,8 @@ def build_dataset(
             _finish_batch,
             fn_args=(config_json,),
             compute=ray.data.TaskPoolStrategy(size=cfg.workers),
-            num_cpus=cfg.num_cpus,
             batch_format="pyarrow",
+            **remote_args(cfg.num_cpus, resources=cfg.resources),
         )
     else:
         # hf / openai: an actor pool per step (`workers` actors each).
@@ -135,9 +136,13 @@ def build_dataset(
                 LLMStepStage,
                 fn_constructor_args=(name, config_json, name == STEPS[-1]),
                 compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-                num_cpus=cfg.num_cpus,
-                num_gpus=cfg.teacher.num_gpus or None,
                 batch_size=cfg.teacher.batch_size,
+                **remote_args(
+                    cfg.num_cpus,
+                    cfg.teacher.num_gpus,
+                    cfg.teacher.accelerator_type,
+                    cfg.resources,
+                ),
                 batch_format="pyarrow",
             )
     return ds

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttpa_ray.config import SampleConfig
+from ttpa_ray.ray_utils import remote_args
 from ttpa_ray.sample.candidates import Candidate, dedupe
 from ttpa_ray.sample.pairs import ScoredCandidate, pair_rows, to_sharegpt, to_trl
 from ttpa_ray.sample.turns import SAMPLED_SCHEMA, TURN_SCHEMA, Turn, episode_turns
@@ -198,9 +199,8 @@ def build_dataset(cfg: SampleConfig, turns: pa.Table, processor_factory: Any = N
             SamplerStage,
             fn_constructor_args=(cfg.model_dump_json(),),
             compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus or None,
             batch_size=cfg.batch_size,
+            **remote_args(cfg.num_cpus, cfg.num_gpus, cfg.accelerator_type, cfg.resources),
             batch_format="pyarrow",
         )
     # Light CPU stages (fused into one task per block).

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from ttpa_ray.config import ServeConfig
+from ttpa_ray.ray_utils import remote_args
 from ttpa_ray.serve.protocol import (
     ChatRequest,
     Generation,
@@ -353,7 +354,9 @@ def serve_options(cfg: ServeConfig) -> dict[str, Any]:
         "num_replicas": cfg.num_replicas,
         # Twice our own limit: requests over it reach the replica and get our 503.
         "max_ongoing_requests": 2 * cfg.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "ray_actor_options": remote_args(
+            cfg.num_cpus, cfg.num_gpus, cfg.accelerator_type, cfg.resources
+        ),
     }
 
 
@@ -370,9 +373,15 @@ def resolve_api_key(cfg: ServeConfig, api_key: str | None = None) -> str | None:
     return None
 
 
-def build_app(args: dict[str, Any] | ServeConfig, api_key: str | None = None) -> Any:
-    """A Serve application for `args` (a `ServeConfig` or its dict, as in a Serve config
-    file's `args`). `hf` → our FastAPI app; `vllm` → `ray.serve.llm`'s OpenAI app."""
+def build_app(args: dict[str, Any] | ServeConfig) -> Any:
+    """The Serve config file's `import_path` target: Serve calls an application builder
+    with exactly one argument (the file's `args`, a `ServeConfig` dict)."""
+    return make_app(args)
+
+
+def make_app(args: dict[str, Any] | ServeConfig, api_key: str | None = None) -> Any:
+    """A Serve application for `args` (a `ServeConfig` or its dict) with an optional API
+    key. `hf` → our FastAPI app; `vllm` → `ray.serve.llm`'s OpenAI app."""
     cfg = args if isinstance(args, ServeConfig) else ServeConfig.model_validate(args)
     if cfg.backend == "vllm":
         from ttpa_ray.serve.llm_config import build_vllm_app

@@ -34,11 +34,11 @@ def start(cfg: ServeConfig, api_key: str | None = None, blocking: bool = False) 
     from ray import serve
 
     from ttpa_ray.ray_utils import init_ray
-    from ttpa_ray.serve.app import build_app
+    from ttpa_ray.serve.app import make_app
 
     init_ray()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(cfg, api_key=api_key), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(make_app(cfg, api_key=api_key), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{cfg.host}:{cfg.port}/v1"
     log.info("serving %s at %s", cfg.resolved_model_id(), url)
     return url

@@ -270,9 +270,11 @@ def run_training(
         scaling_config=ScalingConfig(
             num_workers=cfg.workers,
             use_gpu=cfg.use_gpu,
+            accelerator_type=cfg.accelerator_type,
             resources_per_worker={
+                **cfg.resources_per_worker,
                 "CPU": cfg.cpus_per_worker,
-                **({"GPU": 1} if cfg.use_gpu else {}),
+                **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
             },
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
