@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ttpa_ray.cluster.nodes import NODES_FILE, NodeTimeline
 from ttpa_ray.config import Config, TrainConfig
 from ttpa_ray.schema.io import config_hash, read_rows, write_rows
 
@@ -39,10 +40,17 @@ MODELS = ("sft", "dpo_response", "ttpa")
 class Pipeline:
     """One run dir, one config; `run()` executes the stages that are not up to date."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        progress: bool = True,
+        timeline: NodeTimeline | None = None,
+    ) -> None:
         self.cfg = cfg
         self.run = Path(run_dir)
         self.progress = progress
+        self.timeline = timeline
         self.state_path = self.run / "pipeline.json"
         self.state: dict[str, Any] = {"stages": {}}
         if self.state_path.exists():
@@ -128,8 +136,14 @@ class Pipeline:
                 f"{label}: running{eta} (run time so far {time.perf_counter() - t_run:.0f}s)",
                 flush=True,
             )
-            t0 = time.perf_counter()
-            self.state["stages"][stage] = {"status": "running", "key": self.key(stage)}
+            t0, started = time.perf_counter(), round(time.time(), 3)
+            if self.timeline is not None:
+                self.timeline.set_stage(stage)
+            self.state["stages"][stage] = {
+                "status": "running",
+                "key": self.key(stage),
+                "started_at": started,
+            }
             self._save()
             try:
                 counts = self._stage_fn(stage)()
@@ -138,11 +152,16 @@ class Pipeline:
                 self.state["stages"][stage]["seconds"] = round(time.perf_counter() - t0, 2)
                 self._save()
                 raise
+            finally:
+                if self.timeline is not None:
+                    self.timeline.set_stage("")
             seconds = round(time.perf_counter() - t0, 2)
             self.state["stages"][stage] = {
                 "status": "done",
                 "key": self.key(stage),
                 "seconds": seconds,
+                "started_at": started,
+                "ended_at": round(time.time(), 3),
                 "status_this_run": "ran",
                 **(counts or {}),
             }
@@ -326,4 +345,8 @@ def run_pipeline(
     if until is not None and until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     init_ray()
-    return Pipeline(cfg, run_dir, progress).run_all(start, stop_after=until)
+    timeline = NodeTimeline(Path(run_dir) / NODES_FILE).start()
+    try:
+        return Pipeline(cfg, run_dir, progress, timeline).run_all(start, stop_after=until)
+    finally:
+        timeline.stop()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ttpa_ray.report import plots
+from ttpa_ray.report.cluster import sec_cluster
 from ttpa_ray.report.html import (
     Markup,
     esc,
@@ -307,6 +308,7 @@ def _sec_pipeline(run: Run) -> str:
         return str(not_available("pipeline.json", why="no stages recorded"))
     total = sum(_num(s.get("seconds")) or 0.0 for s in stages)
     known = {"name", "status", "seconds", "rows_in", "rows_out", "rows_quarantined", "key"}
+    known |= {"started_at", "ended_at"}
     rows, classes = [], []
     for s in stages:
         secs = _num(s.get("seconds"))
@@ -769,6 +771,7 @@ SECTIONS: list[tuple[str, str, Callable[[Run], str]]] = [
     ("training", "Training curves", _sec_training),
     ("sampling", "TPS sampling and preference pairs", _sec_sampling),
     ("eval", "Evaluation by suite", _sec_eval),
+    ("cluster", "Cluster size over time", sec_cluster),
 ]
 
 

@@ -148,3 +148,35 @@ def grouped_bars(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return to_img(fig, alt)
+
+
+def node_timeline(
+    t: Sequence[float],
+    nodes: Sequence[float],
+    gpus: Sequence[float],
+    spans: Sequence[tuple[str, float, float]],
+) -> Markup:
+    """Alive nodes (and GPUs) over seconds since the first sample; stages as bands."""
+    fig, (ax,) = new_figure(figsize=(7.0, 3.2))
+    for i, (name, a, b) in enumerate(spans):
+        ax.axvspan(a, b, color=color_for(name, i), alpha=0.12, lw=0)
+        ax.text(
+            (a + b) / 2,
+            0.02,
+            name,
+            rotation=90,
+            fontsize=7,
+            ha="center",
+            va="bottom",
+            transform=ax.get_xaxis_transform(),
+        )
+    ax.step(t, nodes, where="post", label="alive nodes", color="#4C72B0", lw=2)
+    if any(gpus):
+        ax.step(t, gpus, where="post", label="GPUs", color="#C44E52", lw=1, ls="--")
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel("count")
+    ax.set_ylim(bottom=0)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("cluster size over time (bands: pipeline stages)")
+    return to_img(fig, "step plot of alive Ray nodes over time with pipeline stages as bands")
