@@ -47,9 +47,9 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not e2e"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ttpa_ray tests benchmarks
-	$(VENV)/bin/ruff format --check ttpa_ray tests benchmarks
-	$(VENV)/bin/mypy ttpa_ray
+	$(VENV)/bin/ruff check ttpa_ray jobs tests benchmarks
+	$(VENV)/bin/ruff format --check ttpa_ray jobs tests benchmarks
+	$(VENV)/bin/mypy ttpa_ray jobs
 
 bench: $(BENCH_STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

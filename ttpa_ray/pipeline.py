@@ -22,6 +22,7 @@ from typing import Any
 from ttpa_ray.cluster.nodes import NODES_FILE, NodeTimeline
 from ttpa_ray.config import Config, TrainConfig
 from ttpa_ray.schema.io import config_hash, read_rows, write_rows
+from ttpa_ray.storage import StagedRun, is_uri, local_path
 
 STAGES = ("construct", "model", "sft", "sample", "ttpa", "dpo_response", "eval", "report")
 DEPENDS = {
@@ -48,7 +49,11 @@ class Pipeline:
         timeline: NodeTimeline | None = None,
     ) -> None:
         self.cfg = cfg
-        self.run = Path(run_dir)
+        # A URI run dir (s3://, gs://) is mirrored locally; each finished stage is pushed.
+        self.store = StagedRun(str(run_dir)) if is_uri(run_dir) else None
+        if self.store is not None:
+            self.store.pull(STAGES)
+        self.run = self.store.local if self.store is not None else Path(run_dir)
         self.progress = progress
         self.timeline = timeline
         self.state_path = self.run / "pipeline.json"
@@ -104,6 +109,10 @@ class Pipeline:
             s["name"]: {k: v for k, v in s.items() if k != "name"} for s in stages
         }
 
+    def shared(self, rel: str) -> str:
+        """Where workers on any node read `rel`: the URI in a URI run dir, else the path."""
+        return self.store.remote(rel) if self.store is not None else str(self.run / rel)
+
     def train_cfg(self, which: str) -> TrainConfig:
         """The `train` section with the pipeline's per-run overrides (SFT, TTPA, baseline)."""
         p = self.cfg.pipeline
@@ -151,6 +160,8 @@ class Pipeline:
                 self.state["stages"][stage]["status"] = "failed"
                 self.state["stages"][stage]["seconds"] = round(time.perf_counter() - t0, 2)
                 self._save()
+                if self.store is not None:
+                    self.store.push()
                 raise
             finally:
                 if self.timeline is not None:
@@ -166,6 +177,8 @@ class Pipeline:
                 **(counts or {}),
             }
             self._save()
+            if self.store is not None:
+                self.store.push(stage)
             print(f"{label}: done in {seconds:.1f}s {self._counts_text(counts)}", flush=True)
             if stage == stop_after:
                 break
@@ -203,13 +216,18 @@ class Pipeline:
         return self._totals(m, "construct")
 
     def model_dir(self) -> Path:
+        """The base model on the driver (a URI checkpoint is downloaded once)."""
         p = self.cfg.pipeline
-        return self.run / "model" if p.model == "tiny" else Path(p.model)
+        return self.run / "model" if p.model == "tiny" else Path(local_path(p.model))
+
+    def model_shared(self) -> str:
+        p = self.cfg.pipeline
+        return self.shared("model") if p.model == "tiny" else p.model
 
     def _model(self) -> dict[str, Any]:
         p = self.cfg.pipeline
         if p.model != "tiny":
-            if not Path(p.model).is_dir():
+            if not is_uri(p.model) and not Path(p.model).is_dir():
                 raise FileNotFoundError(f"pipeline.model: model directory {p.model} does not exist")
             return {}
         from ttpa_ray.construct.steps import catalog_tools
@@ -221,24 +239,43 @@ class Pipeline:
         )
         return {}
 
-    def _train(self, mode: str, which: str, data: Path, model: Path) -> dict[str, Any]:
+    def _train(
+        self, mode: str, which: str, data: Path, model: Path, model_shared: str
+    ) -> dict[str, Any]:
         from ttpa_ray.train.trainer import run_training
 
-        m = run_training(mode, self.train_cfg(which), data, model, self.run / which)
+        sync = self.shared(which) if self.store is not None else None
+        m = run_training(
+            mode,
+            self.train_cfg(which),
+            data,
+            model,
+            self.run / which,
+            sync_uri=sync,
+            model_uri=model_shared if sync else None,
+        )
         return self._totals(m, f"train.{mode}.examples") | {"steps": m["steps"]}
 
     def _sft(self) -> dict[str, Any]:
-        return self._train("sft", "sft", self.run / "construct", self.model_dir())
+        return self._train(
+            "sft", "sft", self.run / "construct", self.model_dir(), self.model_shared()
+        )
 
     def _sample(self) -> dict[str, Any]:
         from ttpa_ray.sample.stage import run_sample
 
-        cfg = self.cfg.sample.model_copy(update={"policy": str(self.run / "sft" / "model")})
+        if self.store is not None and self.cfg.sample.engine == "vllm":
+            raise ValueError(
+                "sample.engine vllm loads the policy by path: put the run dir on a shared "
+                f"filesystem (NFS) mounted on every node, not {self.store.uri}"
+            )
+        cfg = self.cfg.sample.model_copy(update={"policy": self.shared("sft/model")})
         m = run_sample(cfg, self.run / "construct", self.run / "sample", progress=self.progress)
         return self._totals(m, "sample.turns") | {"pairs": m["pairs"]}
 
     def _ttpa(self) -> dict[str, Any]:
-        return self._train("dpo", "ttpa", self.run / "sample", self.run / "sft" / "model")
+        sft = self.run / "sft" / "model"
+        return self._train("dpo", "ttpa", self.run / "sample", sft, self.shared("sft/model"))
 
     def _dpo_response(self) -> dict[str, Any]:
         """The response-level DPO baseline on the same turns: chosen = the gold answer,
@@ -251,7 +288,8 @@ class Pipeline:
 
         path = self.run / "dpo_response" / "pairs" / "pairs.parquet"
         write_rows(path, pairs, PAIR_SCHEMA)
-        return self._train("dpo", "dpo_response", path.parent, self.run / "sft" / "model")
+        sft = self.run / "sft" / "model"
+        return self._train("dpo", "dpo_response", path.parent, sft, self.shared("sft/model"))
 
     def _eval(self) -> dict[str, Any]:
         from ray import serve
@@ -269,7 +307,7 @@ class Pipeline:
             # three replicas competing for (or waiting on) a small machine.
             for name in MODELS:
                 cfg = sc.model_copy(
-                    update={"model": str(self.run / name / "model"), "model_id": name}
+                    update={"model": self.shared(f"{name}/model"), "model_id": name}
                 )
                 serve.run(build_app(cfg), name=f"eval-{name}", route_prefix=f"/{name}")
                 for suite in p.eval_suites:
@@ -345,8 +383,11 @@ def run_pipeline(
     if until is not None and until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     init_ray()
-    timeline = NodeTimeline(Path(run_dir) / NODES_FILE).start()
+    pipe = Pipeline(cfg, run_dir, progress)
+    pipe.timeline = NodeTimeline(pipe.run / NODES_FILE).start()
     try:
-        return Pipeline(cfg, run_dir, progress, timeline).run_all(start, stop_after=until)
+        return pipe.run_all(start, stop_after=until)
     finally:
-        timeline.stop()
+        pipe.timeline.stop()
+        if pipe.store is not None:
+            pipe.store.push()

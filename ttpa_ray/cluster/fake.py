@@ -1,22 +1,24 @@
 """Ray autoscaling on one machine: a `LocalHead` running Ray's fake multi-node provider.
 
 With `RAY_FAKE_CLUSTER=1` and an autoscaling config whose provider is `fake_multinode`,
-the head's autoscaler monitor "launches" a worker node by starting another raylet (plus
-its agents) on this machine, connected to the head's GCS, and "terminates" it by killing
-those processes. That is the real autoscaler (v1) logic — demand from pending
-tasks/actors, `min_workers`/`max_workers`, `upscaling_speed`, idle timeout — with
-processes standing in for machines.
+the head's autoscaler monitor "launches" a worker node by starting another raylet (with
+its log monitor and agents) on this machine, connected to the head's GCS, and
+"terminates" it by killing those processes. The scaling decisions are the real
+autoscaler's (v1): demand from pending tasks/actors, `min_workers`/`max_workers`,
+`upscaling_speed`, the idle timeout; processes stand in for machines.
 
-The wheel lacks `fake_multi_node/example.yaml` (so `ray.cluster_utils.AutoscalingCluster`
-fails); `autoscaling_config()` writes the equivalent config itself.
+Ray's wheel lacks `fake_multi_node/example.yaml` (so `ray.cluster_utils.AutoscalingCluster`
+fails), and the monitor reads the config's keys directly without filling in defaults:
+`autoscaling_config()` writes the whole config itself.
 
-Process cleanup: the monitor starts the fake nodes as its own children (no new session,
-no reaper), so they stay in the head's process group and `LocalHead.stop()` signals them
-too; `stop()` then double-checks `/proc` for anything still naming the cluster's temp dir.
+Process cleanup: the monitor starts fake nodes as its own children (no new session, no
+reaper), so they stay in the head's process group and `LocalHead.stop()` signals them
+too; `stop()` then SIGKILLs anything of the cluster's that is still alive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,12 +32,13 @@ from typing import Any
 import yaml
 
 from ttpa_ray.cluster.head import LocalHead, free_ports
+from ttpa_ray.ray_utils import LOOPBACK_ENV
 
-# Node type name the fake provider gives the head (FAKE_HEAD_NODE_TYPE in Ray's source).
+# The node type the fake provider gives the head (FAKE_HEAD_NODE_TYPE in Ray's source).
 HEAD_NODE_TYPE = "ray.head.default"
-# Label put on every fake worker node so node_counts() can tell node types apart.
+# Label the autoscaler puts on each fake worker node: node_counts() groups by it.
 NODE_TYPE_LABEL = "ttpa.io/node-type"
-# Fake worker nodes otherwise size their object store at 30% of RAM each.
+# A fake worker node otherwise sizes its object store at 30% of RAM, like a real one.
 DEFAULT_WORKER_OBJECT_STORE = 128 * 1024 * 1024
 
 
@@ -43,18 +46,19 @@ DEFAULT_WORKER_OBJECT_STORE = 128 * 1024 * 1024
 class FakeAutoscalingCluster:
     """A loopback Ray head whose autoscaler adds and removes fake worker nodes.
 
-    `worker_types`: `{name: {"resources": {...}, "min_workers": 0, "max_workers": n}}`
-    (resources are integers, as the autoscaler schema requires; `CPU`, `GPU` and
-    `object_store_memory` become the node's own, the rest custom resources).
-    `gcs_port` None picks a free port: the provider's `gcs_address` points the fake
-    nodes at it, so the head need not hold 6379.
+    `worker_types`: `{name: {"resources": {...}, "min_workers": 0, "max_workers": n}}`,
+    optionally `"labels"`. Resources are integers (the autoscaler schema says so);
+    `CPU`, `GPU` and `object_store_memory` size the node, the rest are custom resources.
+    `gcs_port` None picks a free port: the provider's `gcs_address` tells the fake nodes
+    where the GCS is, so the head need not hold 6379 (the provider's default).
     """
 
     head_resources: dict[str, int] = field(default_factory=lambda: {"CPU": 1})
     worker_types: dict[str, dict[str, Any]] = field(default_factory=dict)
     idle_timeout_s: float = 15.0
     upscaling_speed: float = 1.0
-    # AUTOSCALER_UPDATE_INTERVAL_S: seconds between autoscaler rounds (Ray's default 5).
+    # AUTOSCALER_UPDATE_INTERVAL_S: seconds between autoscaler rounds (Ray's default 5;
+    # an integer, Ray parses it with int()).
     update_interval_s: int = 1
     gcs_port: int | None = None
     head: LocalHead | None = None
@@ -63,7 +67,7 @@ class FakeAutoscalingCluster:
     # -- config ---------------------------------------------------------------------------
 
     def autoscaling_config(self, gcs_address: str) -> dict[str, Any]:
-        """The autoscaler config (the missing example.yaml, filled in)."""
+        """The autoscaler config: Ray's missing example.yaml, filled in."""
         node_types: dict[str, Any] = {
             HEAD_NODE_TYPE: {
                 "resources": dict(self.head_resources),
@@ -86,11 +90,11 @@ class FakeAutoscalingCluster:
             "max_workers": sum(int(s["max_workers"]) for s in self.worker_types.values()),
             "provider": {
                 "type": "fake_multinode",
-                # The fake provider defaults to <node ip>:6379; say where our GCS is.
+                # Without it the provider uses <this machine's node IP>:6379.
                 "gcs_address": gcs_address,
-                # Every fake node has the IP 127.0.0.1: key nodes by node id instead.
+                # All fake nodes share 127.0.0.1: the autoscaler keys them by node id.
                 "use_node_id_as_ip": True,
-                # No SSH/setup commands to run on processes standing in for machines.
+                # No SSH or setup commands for processes standing in for machines.
                 "disable_node_updaters": True,
                 "disable_launch_config_check": True,
             },
@@ -98,8 +102,9 @@ class FakeAutoscalingCluster:
             "head_node_type": HEAD_NODE_TYPE,
             "auth": {},
             "upscaling_speed": self.upscaling_speed,
-            # The schema takes a number: fractions of a minute work.
+            # A number in the schema: fractions of a minute work.
             "idle_timeout_minutes": self.idle_timeout_s / 60.0,
+            # The monitor indexes these directly (no defaults are merged in).
             "docker": {},
             "initialization_commands": [],
             "setup_commands": [],
@@ -117,45 +122,52 @@ class FakeAutoscalingCluster:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 90.0) -> FakeAutoscalingCluster:
-        """Start the head with the autoscaling config written into its temp dir."""
+        """Start the head (config written into its temp dir); wait until it is a node."""
         resources = dict(self.head_resources)
-        port = self.gcs_port if self.gcs_port is not None else free_ports(1)[0]
         self.head = _FakeHead(
             cluster=self,
             num_cpus=resources.pop("CPU", None),
             num_gpus=resources.pop("GPU", None),
             resources={k: float(v) for k, v in resources.items()},
-            gcs_port=port,
+            gcs_port=self.gcs_port if self.gcs_port is not None else free_ports(1)[0],
             env={
                 "RAY_FAKE_CLUSTER": "1",
                 "AUTOSCALER_UPDATE_INTERVAL_S": str(self.update_interval_s),
-                # The monitor's Prometheus port is fixed (44217) unless set: another
+                # The monitor's Prometheus port is fixed (44217) unless set, and another
                 # cluster on this machine may hold it.
                 "AUTOSCALER_METRIC_PORT": str(free_ports(1)[0]),
             },
         )
         self.head.start(timeout_s=timeout_s)
         try:
-            # The job server answers before the head node shows up in the state API.
+            # The job server answers before the head shows up in the state API.
             self.wait_for_nodes(1, timeout_s=timeout_s)
         except BaseException:
             self.stop()
             raise
         return self
 
+    def processes(self) -> list[int]:
+        """Live pids of this cluster: the head's process group (fake nodes included),
+        their descendants, and anything whose command line names the temp dir."""
+        if self.head is None or self.head.proc is None:
+            return []
+        return cluster_pids(self.head.proc.pid, str(self.head.temp_dir))
+
     def stop(self) -> None:
-        """Stop the head's process group (fake nodes included), then kill any straggler
-        whose command line names the cluster's temp dir."""
+        """Stop the head's process group, then SIGKILL any process of the cluster left."""
         if self.head is None:
             return
+        # Taken before the head goes: afterwards its group id and temp dir mean nothing.
+        before = {pid: _start_time(pid) for pid in self.processes()}
         temp_dir = self.head.temp_dir
         self.head.stop()
+        leftovers = [p for p, t in before.items() if t is not None and _start_time(p) == t]
         if temp_dir is not None:
-            for pid in processes_mentioning(str(temp_dir)):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            leftovers += processes_mentioning(str(temp_dir))
+        for pid in set(leftovers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> FakeAutoscalingCluster:
         return self.start()
@@ -172,12 +184,12 @@ class FakeAutoscalingCluster:
 
     @property
     def address(self) -> str:
-        """GCS address for `ray.init(address=...)` (with `client_env()` set)."""
+        """GCS address for `ray.init(address=...)` (run with `client_env()`)."""
         return self._head().address
 
     @property
     def dashboard_url(self) -> str:
-        """Job server address for `ray job submit --address ...`."""
+        """Job server for `ray job submit --address ...` (run with `client_env()`)."""
         return self._head().dashboard_url
 
     @property
@@ -185,89 +197,55 @@ class FakeAutoscalingCluster:
         return self.head.temp_dir if self.head is not None else None
 
     def client_env(self) -> dict[str, str]:
-        """Env for drivers and `ray job submit` (token auth with this head's token)."""
-        return self._head().client_env()
+        """Env for drivers and `ray job submit`: token auth with this head's token, and
+        loopback (a driver's own node address is then 127.0.0.1 too)."""
+        return {**LOOPBACK_ENV, **self._head().client_env()}
 
     # -- observing ------------------------------------------------------------------------
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Alive nodes, from the dashboard's state API (no `ray.init` needed here)."""
+        """Alive nodes from the dashboard's state API: no `ray.init` in this process."""
         head = self._head()
         assert head.token_path is not None
         req = urllib.request.Request(
-            f"{self.dashboard_url}/api/v0/nodes?limit=1000&detail=1",
+            f"{self.dashboard_url}/api/v0/nodes?limit=10000&detail=1",
             headers={"Authorization": f"Bearer {head.token_path.read_text().strip()}"},
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             body = json.loads(resp.read())
-        rows = body["data"]["result"]["result"]
-        return [r for r in rows if r.get("state") == "ALIVE"]
+        return [n for n in body["data"]["result"]["result"] if n.get("state") == "ALIVE"]
 
     def node_counts(self) -> dict[str, int]:
         """Alive nodes: `{"total": n, "ray.head.default": 1, "<worker type>": k, ...}`."""
         counts: dict[str, int] = {"total": 0}
         for node in self.nodes():
-            labels = node.get("labels") or {}
             if node.get("is_head_node"):
                 kind = HEAD_NODE_TYPE
             else:
-                kind = labels.get(NODE_TYPE_LABEL, "unknown")
+                kind = (node.get("labels") or {}).get(NODE_TYPE_LABEL, "unknown")
             counts[kind] = counts.get(kind, 0) + 1
             counts["total"] += 1
         return counts
 
     def wait_for_nodes(self, n: int, timeout_s: float = 60.0, poll_s: float = 0.5) -> float:
-        """Wait until exactly `n` nodes are alive; return the seconds it took."""
+        """Wait until exactly `n` nodes are alive; return how many seconds that took."""
         t0 = time.monotonic()
         last: dict[str, int] = {}
         while time.monotonic() - t0 < timeout_s:
             try:
                 last = self.node_counts()
-            except OSError:
+            except OSError:  # dashboard not answering yet / busy
                 last = {}
             if last.get("total") == n:
                 return time.monotonic() - t0
             time.sleep(poll_s)
-        raise TimeoutError(f"{n} nodes not reached in {timeout_s:.0f}s (last: {last})")
-
-
-@dataclass
-class NodeCountPoller:
-    """Background thread sampling `cluster.node_counts()`: `(t, counts)` in `samples`."""
-
-    cluster: FakeAutoscalingCluster
-    interval_s: float = 0.5
-    samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> NodeCountPoller:
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append((time.monotonic() - self._t0, self.cluster.node_counts()))
-            except OSError:
-                pass  # dashboard busy or restarting: skip this sample
-            self._stop.wait(self.interval_s)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-
-    def max_total(self) -> int:
-        return max((c["total"] for _, c in self.samples), default=0)
+        raise TimeoutError(f"not {n} nodes after {timeout_s:.0f}s (last seen: {last})")
 
 
 @dataclass
 class _FakeHead(LocalHead):
-    """`LocalHead` that writes the autoscaling config into its temp dir just before
-    `ray start` (LocalHead creates that dir inside `start()`, then builds the command)."""
+    """`LocalHead` writing the autoscaling config into its temp dir right before `ray
+    start` (`LocalHead.start()` creates that dir, then builds the command)."""
 
     cluster: FakeAutoscalingCluster | None = None
 
@@ -281,19 +259,103 @@ class _FakeHead(LocalHead):
         return super().command()
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of live processes whose command line contains `text` (from /proc)."""
-    pids = []
+@dataclass
+class NodeCountPoller:
+    """Context manager: a thread sampling `cluster.node_counts()` into `samples` as
+    `(seconds since start, counts)`."""
+
+    cluster: FakeAutoscalingCluster
+    interval_s: float = 0.5
+    samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    t0: float = 0.0  # time.monotonic() at __enter__
+
+    def __enter__(self) -> NodeCountPoller:
+        self.t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="node-count-poller", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):  # dashboard busy: skip this sample
+                self.samples.append((time.monotonic() - self.t0, self.cluster.node_counts()))
+            self._stop.wait(self.interval_s)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    def peak(self, key: str = "total") -> int:
+        return max((c.get(key, 0) for _, c in self.samples), default=0)
+
+    def first_time(self, pred: Any) -> float | None:
+        """Seconds (since start) of the first sample whose counts satisfy `pred`."""
+        return next((t for t, c in self.samples if pred(c)), None)
+
+
+# -- /proc -------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time in clock ticks (with the pid, it names a process: pids get reused)."""
+    fields = _stat(pid)
+    return fields[19] if fields and fields[0] != "Z" else None
+
+
+def _live_pids() -> dict[int, list[str]]:
+    out = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            # A zombie runs nothing; it waits for its parent's wait().
+            if fields is not None and fields[0] != "Z":
+                out[int(entry)] = fields
+    return out
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live pids (not this one) whose command line contains `text`.
+
+    Ray renames some processes (`ray::DashboardAgent`, `ray::IDLE`), whose command lines
+    then no longer name the temp dir: `cluster_pids` also follows the process tree."""
+    pids = []
+    for pid in _live_pids():
+        if pid == os.getpid():
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            continue  # a zombie waits for its parent's wait(), it runs nothing
         if text.encode() in cmdline:
-            pids.append(int(entry))
+            pids.append(pid)
     return pids
+
+
+def cluster_pids(pgid: int, temp_dir: str) -> list[int]:
+    """Live members of process group `pgid`, processes naming `temp_dir`, and all their
+    descendants (a process that left the group, e.g. by `setsid`, is still found)."""
+    live = _live_pids()
+    found = {pid for pid, f in live.items() if int(f[2]) == pgid}
+    found |= set(processes_mentioning(temp_dir))
+    children: dict[int, list[int]] = {}
+    for pid, f in live.items():
+        children.setdefault(int(f[1]), []).append(pid)
+    stack = list(found)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    found.discard(os.getpid())
+    return sorted(found)

@@ -53,7 +53,10 @@ class HFEngine:
         batch_size: int = 8,
         max_prompt_tokens: int | None = None,
     ) -> None:
-        path = Path(model_path)
+        from ttpa_ray.storage import local_path
+
+        # a URI (s3://, gs://) is downloaded once per node; a path is used as is
+        path = Path(local_path(model_path))
         if not path.is_dir():
             raise EngineError(f"model directory not found: {path}")
         if dtype != "auto" and dtype not in _DTYPES:

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ttpa_ray import storage
 from ttpa_ray.config import SampleConfig
 from ttpa_ray.ray_utils import remote_args
 from ttpa_ray.sample.candidates import Candidate, dedupe
@@ -256,7 +257,9 @@ def _policy_id(cfg: SampleConfig) -> str:
 def _check_inputs(cfg: SampleConfig) -> None:
     if not cfg.policy:
         raise ValueError("sample.policy: set the policy (a model dir, or a base URL for openai)")
-    if cfg.engine != "openai" and not Path(cfg.policy).is_dir():
+    if cfg.engine != "openai" and not (
+        storage.exists(cfg.policy) if storage.is_uri(cfg.policy) else Path(cfg.policy).is_dir()
+    ):
         raise FileNotFoundError(f"sample.policy: model directory {cfg.policy} does not exist")
     if cfg.engine == "openai" and cfg.api_key_env and cfg.api_key_env not in os.environ:
         raise ValueError(f"sample.api_key_env: environment variable {cfg.api_key_env} is not set")

@@ -22,8 +22,12 @@ from typing import Any
 import torch
 
 from ttpa_ray.config import TrainConfig
+from ttpa_ray.storage import join, local_path, upload
 from ttpa_ray.train.data import collate_pairs, collate_sft
 from ttpa_ray.train.objectives import AdapterDisabled, DPOSettings, dpo_loss, sft_loss
+
+# what rank 0 writes that the driver reads after fit() (mirrored through `sync_uri`)
+SYNCED = ("model", "metrics.jsonl", "final_logps.json")
 
 
 def batch_at(examples: list[Any], index: int, size: int, seed: int) -> list[Any]:
@@ -55,6 +59,8 @@ class Trainer:
             torch.device("cuda", ctx.get_local_rank()) if self.on_gpu else torch.device("cpu")
         )
         torch.manual_seed(self.cfg.seed)
+        # a URI (the run dir on s3:// or gs://) is downloaded once per node
+        c["model_dir"] = local_path(c["model_dir"])
         model: Any = AutoModelForCausalLM.from_pretrained(
             c["model_dir"], local_files_only=True, dtype=torch.float32
         )
@@ -191,6 +197,11 @@ class Trainer:
 
             export_model(state, self.c["model_dir"], self.cfg, self.out / "model")
             (self.out / "final_logps.json").write_text(json.dumps(probe))
+            if self.c.get("sync_uri"):
+                # Rank 0 may run on another node than the driver: what the driver reads
+                # after fit() goes through the run dir's storage.
+                for name in SYNCED:
+                    upload(self.out / name, join(self.c["sync_uri"], name))
 
     @torch.no_grad()
     def _probe_logps(self) -> dict[str, Any]:

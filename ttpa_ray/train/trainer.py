@@ -82,8 +82,10 @@ class ReferenceLogps:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from ttpa_ray.storage import local_path
+
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, local_files_only=True, dtype=torch.float32
+            local_path(model_dir), local_files_only=True, dtype=torch.float32
         ).eval()
         self.pad_id = pad_id
 
@@ -152,6 +154,7 @@ def reference_logps(
     cfg: TrainConfig,
     out: Path,
     pad_id: int,
+    model_uri: str | None = None,
 ) -> None:
     """Attach reference per-token log-probs to `examples`: from `out/reference.parquet` when
     it was computed for the same model, data and `max_len`, else with the Ray Data stage
@@ -175,7 +178,9 @@ def reference_logps(
                 list(r["ref_rejected"]),
             )
         return
-    add_reference(examples, str(model_dir), pad_id, num_cpus=min(1.0, cfg.cpus_per_worker))
+    add_reference(
+        examples, model_uri or str(model_dir), pad_id, num_cpus=min(1.0, cfg.cpus_per_worker)
+    )
     write_rows(
         path,
         [
@@ -208,9 +213,20 @@ def resolve_lora(cfg: TrainConfig, model_dir: Path) -> TrainConfig:
 
 
 def run_training(
-    mode: str, cfg: TrainConfig, data: str | Path, model_dir: str | Path, out: str | Path
+    mode: str,
+    cfg: TrainConfig,
+    data: str | Path,
+    model_dir: str | Path,
+    out: str | Path,
+    sync_uri: str | None = None,
+    model_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Train (`sft` or `dpo`) on Ray Train workers; export to `out/model`; the manifest."""
+    """Train (`sft` or `dpo`) on Ray Train workers; export to `out/model`; the manifest.
+
+    With `sync_uri` (the stage's dir in a run dir on s3:// or gs://), Ray Train keeps its
+    checkpoints there and rank 0 uploads the export, which is pulled back into `out`;
+    workers then load the base model from `model_uri` (a URI), the driver from `model_dir`.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown training mode {mode!r}; valid: {', '.join(MODES)}")
     import ray
@@ -219,7 +235,8 @@ def run_training(
     from transformers import AutoTokenizer
 
     from ttpa_ray.ray_utils import init_ray
-    from ttpa_ray.train.loop import train_loop_per_worker
+    from ttpa_ray.storage import download, join
+    from ttpa_ray.train.loop import SYNCED, train_loop_per_worker
 
     t0 = time.perf_counter()
     out, model_dir = Path(out).resolve(), Path(model_dir).resolve()
@@ -255,12 +272,13 @@ def run_training(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     if mode == "dpo" and cfg.dpo.reference == "precomputed":
-        reference_logps(examples, model_dir, data, cfg, out, pad_id)
+        reference_logps(examples, model_dir, data, cfg, out, pad_id, model_uri)
     loop_config = {
         "mode": mode,
         "train": cfg.model_dump(mode="json"),
-        "model_dir": str(model_dir),
+        "model_dir": model_uri or str(model_dir),
         "out_dir": str(out),
+        "sync_uri": sync_uri,
         "pad_id": pad_id,
         "examples": ray.put(examples),
     }
@@ -280,12 +298,15 @@ def run_training(
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(
             name=f"{mode}",
-            storage_path=str(out / "ray"),
+            storage_path=join(sync_uri, "ray") if sync_uri else str(out / "ray"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     result = trainer.fit()
+    if sync_uri:
+        for name in SYNCED:
+            download(join(sync_uri, name), out / name)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     extra = {
         "mode": mode,
