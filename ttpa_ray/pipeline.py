@@ -300,7 +300,9 @@ class Pipeline:
         p, sc = self.cfg.pipeline, self.cfg.serve
         port = sc.port or free_port(sc.host)
         # Serve runs for this stage only, on loopback unless configured otherwise
-        serve.start(http_options={"host": sc.host, "port": port})
+        # HeadOnly: the eval clients run on the driver; proxies on other nodes would
+        # only compete for the port (and all nodes are 127.0.0.1 on a test cluster)
+        serve.start(proxy_location="HeadOnly", http_options={"host": sc.host, "port": port})
         root = self.run / "eval"
         try:
             # One model at a time: each replica gets the configured CPUs/GPUs without

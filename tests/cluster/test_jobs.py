@@ -1,6 +1,7 @@
-"""`ray job submit` against a real local Ray head (loopback, free ports, own temp dir):
-the reduced pipeline ends SUCCEEDED with its artifacts; a bad config ends FAILED with
-the clear error in the job's logs. The head is stopped by its process group."""
+"""`ray job submit` against real local Ray heads (loopback, free ports, own temp dirs,
+stopped by their process groups): the reduced pipeline on an autoscaling head (Ray's
+fake multi-node provider) ends SUCCEEDED with its artifacts, a worker node added for TPS
+and removed after; a bad config ends FAILED with the clear error in the job's logs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from ttpa_ray.cluster.fake import FakeAutoscalingCluster
 from ttpa_ray.cluster.head import LocalHead, ray_bin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +30,10 @@ def head():
         h.stop()
 
 
-def ray_job(head: LocalHead, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+Head = LocalHead | FakeAutoscalingCluster
+
+
+def ray_job(head: Head, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, **head.client_env()}
     return subprocess.run(
         [ray_bin(), "job", args[0], "--address", head.dashboard_url, *args[1:]],
@@ -39,7 +45,7 @@ def ray_job(head: LocalHead, *args: str, timeout: float = 60) -> subprocess.Comp
     )
 
 
-def submit(head: LocalHead, *entrypoint: str) -> str:
+def submit(head: Head, *entrypoint: str) -> str:
     out = ray_job(
         head,
         "submit",
@@ -60,7 +66,7 @@ def submit(head: LocalHead, *entrypoint: str) -> str:
     raise AssertionError(f"no submission id in: {out.stdout[-1000:]}")
 
 
-def wait(head: LocalHead, job: str, timeout_s: float) -> str:
+def wait(head: Head, job: str, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     status = "?"
     while time.monotonic() < deadline:
@@ -78,36 +84,62 @@ def wait(head: LocalHead, job: str, timeout_s: float) -> str:
     raise AssertionError(f"job {job} not finished in {timeout_s:.0f}s:\n{logs[-3000:]}")
 
 
+IDLE_S = 10.0
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_pipeline_job_succeeds_with_artifacts(head, tmp_path):
+def test_pipeline_job_autoscales_a_worker_for_tps(tmp_path):
+    """The reduced pipeline as a job on an autoscaling head: TPS's sampler actors need a
+    `tps_worker` resource only the (min 0) worker group has, so the autoscaler adds a node
+    for that stage and removes it once idle; the driver's timeline and the report show it."""
+    cfg = yaml.safe_load((REPO / "tests" / "pipeline" / "reduced.yaml").read_text())
+    cfg["sample"]["resources"] = {"tps_worker": 1}
+    config = tmp_path / "autoscale.yaml"
+    config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    job = submit(
-        head,
-        "python",
-        "-m",
-        "jobs.pipeline",
-        "--config",
-        "tests/pipeline/reduced.yaml",
-        "--run-dir",
-        str(run),
-        "--no-progress",
+    cluster = FakeAutoscalingCluster(
+        head_resources={"CPU": 2},
+        worker_types={
+            "tps": {"resources": {"CPU": 1, "tps_worker": 1}, "min_workers": 0, "max_workers": 1}
+        },
+        idle_timeout_s=IDLE_S,
     )
-    state = wait(head, job, timeout_s=780)
-    logs = ray_job(head, "logs", job).stdout
-    assert state == "SUCCEEDED", logs[-4000:]
-    assert f"connected to {head.host}" in logs or "connected to auto" in logs
+    with cluster:
+        job = submit(
+            cluster,
+            "python",
+            "-m",
+            "jobs.pipeline",
+            "--config",
+            str(config),
+            "--run-dir",
+            str(run),
+            "--no-progress",
+        )
+        state = wait(cluster, job, timeout_s=780)
+        logs = ray_job(cluster, "logs", job).stdout
+        assert state == "SUCCEEDED", logs[-4000:]
+        assert "ray: connected to" in logs and "run dir:" in logs
+        cluster.wait_for_nodes(1, timeout_s=60)  # the worker is gone again
+
     stages = {s["name"]: s for s in json.loads((run / "pipeline.json").read_text())["stages"]}
-    assert all(s["status"] == "done" for s in stages.values()), stages
-    assert len(stages) == 8
-    assert (run / "sample" / "pairs.parquet").is_file()
-    assert (run / "ttpa" / "model" / "config.json").is_file()
-    assert (run / "eval" / "summary.json").is_file()
-    assert (run / "report" / "index.html").is_file()
-    # the driver sampled the cluster while it ran: one node, tagged with every stage
+    assert len(stages) == 8 and all(s["status"] == "done" for s in stages.values()), stages
+    for rel in ("sample/pairs.parquet", "ttpa/model/config.json", "eval/summary.json"):
+        assert (run / rel).is_file(), rel
     samples = [json.loads(x) for x in (run / "cluster" / "nodes.jsonl").read_text().splitlines()]
-    assert {s["nodes"] for s in samples} == {1}
-    assert {s["stage"] for s in samples} >= {"construct", "sft", "sample", "eval"}
+    by_stage: dict[str, list[int]] = {}
+    for s in samples:
+        by_stage.setdefault(s["stage"], []).append(s["nodes"])
+    # one node until TPS needs the worker group; two while it runs; one again after
+    assert max(by_stage["construct"] + by_stage["sft"]) == 1, by_stage
+    assert max(by_stage["sample"]) == 2, by_stage
+    last_tps = max(s["t"] for s in samples if s["stage"] == "sample")
+    after = [s["nodes"] for s in samples if s["t"] > last_tps]
+    assert after and after[-1] == 1 and min(after) == 1, after
+    report = (run / "report" / "index.html").read_text()
+    section = report.split('<section id="cluster">')[1].split("</section>")[0]
+    assert "between 1 and 2" in section and "<img" in section
 
 
 @pytest.mark.e2e

@@ -65,6 +65,23 @@ def make_run_dir(root: Path, *, partial: bool = False) -> Path:
     if partial:
         return root
 
+    # the driver's node timeline: one node, a worker added for sampling
+    (root / "cluster").mkdir(exist_ok=True)
+    timeline = [
+        {
+            "t": 1000.0 + i * 5,
+            "stage": stage,
+            "nodes": n,
+            "cpus": 2 * n,
+            "gpus": 0,
+            "workers": n - 1,
+        }
+        for i, (stage, n) in enumerate(
+            [("construct", 1), ("sft", 1), ("sample", 1), ("sample", 2), ("ttpa", 2), ("ttpa", 1)]
+        )
+    ]
+    (root / "cluster" / "nodes.jsonl").write_text("\n".join(json.dumps(r) for r in timeline))
+
     # construct
     _write_json(
         root / "construct" / "manifest.json",

@@ -21,6 +21,7 @@ SECTION_HEADINGS = (
     "Training curves",
     "TPS sampling and preference pairs",
     "Evaluation by suite",
+    "Cluster size over time",
 )
 IMG_RE = re.compile(
     r'<img class="plot" src="data:image/png;base64,([A-Za-z0-9+/=]*)" alt="([^"]*)"'
@@ -40,7 +41,7 @@ def test_report_written_with_every_section(full_run: Path, full_report: Path) ->
     for h in SECTION_HEADINGS:
         assert f"<h2>{h}</h2>" in html, h
     # table of contents links every section
-    for sid in ("headline", "pipeline", "construct", "training", "sampling", "eval"):
+    for sid in ("headline", "pipeline", "construct", "training", "sampling", "eval", "cluster"):
         assert f'<a href="#{sid}">' in html and f'<section id="{sid}">' in html
     assert "not available" not in html, re.findall(r"not available: [^<]*", html)
     assert "section failed" not in html

@@ -14,6 +14,16 @@ fails), and the monitor reads the config's keys directly without filling in defa
 Process cleanup: the monitor starts fake nodes as its own children (no new session, no
 reaper), so they stay in the head's process group and `LocalHead.stop()` signals them
 too; `stop()` then SIGKILLs anything of the cluster's that is still alive.
+
+Use (clients run as separate processes with `client_env()`: it carries the head's token)::
+
+    with FakeAutoscalingCluster(
+        worker_types={"cpu": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 2}}
+    ) as cluster:
+        env = {**os.environ, **cluster.client_env()}
+        subprocess.run(["ray", "job", "submit", "--address", cluster.dashboard_url,
+                        "--", "python", "job.py"], env=env, check=True)
+        # or a driver process doing `ray.init(address=cluster.address)` with that env
 """
 
 from __future__ import annotations
@@ -63,6 +73,9 @@ class FakeAutoscalingCluster:
     gcs_port: int | None = None
     head: LocalHead | None = None
     config_path: Path | None = None
+    # "pid command line" of what was still alive after the head's process group was
+    # stopped (then SIGKILLed): for diagnostics.
+    stragglers: list[str] = field(default_factory=list)
 
     # -- config ---------------------------------------------------------------------------
 
@@ -154,20 +167,31 @@ class FakeAutoscalingCluster:
             return []
         return cluster_pids(self.head.proc.pid, str(self.head.temp_dir))
 
-    def stop(self) -> None:
-        """Stop the head's process group, then SIGKILL any process of the cluster left."""
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop the head's process group, then SIGKILL whatever of the cluster is left.
+
+        The group is not everything: the raylet puts each worker process (`ray::IDLE`,
+        actors, job drivers) in a process group of its own, and those only exit once
+        they notice their raylet is gone. The pids to check are taken before the head
+        stops (by group, tree and temp dir), with start times since pids get reused.
+        """
         if self.head is None:
             return
-        # Taken before the head goes: afterwards its group id and temp dir mean nothing.
         before = {pid: _start_time(pid) for pid in self.processes()}
         temp_dir = self.head.temp_dir
-        self.head.stop()
-        leftovers = [p for p, t in before.items() if t is not None and _start_time(p) == t]
+        self.head.stop(grace_s=grace_s)
         if temp_dir is not None:
-            leftovers += processes_mentioning(str(temp_dir))
-        for pid in set(leftovers):
+            before.update((pid, _start_time(pid)) for pid in processes_mentioning(str(temp_dir)))
+        left = {p: t for p, t in before.items() if t is not None and _start_time(p) == t}
+        self.stragglers = [f"{pid} {_cmdline(pid)[:200].strip()}" for pid in sorted(left)]
+        for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # SIGKILL is not instant: wait until each is gone (or a zombie, which runs nothing).
+        deadline = time.monotonic() + grace_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = {p: t for p, t in left.items() if _start_time(p) == t}
 
     def __enter__(self) -> FakeAutoscalingCluster:
         return self.start()
@@ -324,22 +348,21 @@ def _live_pids() -> dict[int, list[str]]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Live pids (not this one) whose command line contains `text`.
 
     Ray renames some processes (`ray::DashboardAgent`, `ray::IDLE`), whose command lines
     then no longer name the temp dir: `cluster_pids` also follows the process tree."""
-    pids = []
-    for pid in _live_pids():
-        if pid == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if text.encode() in cmdline:
-            pids.append(pid)
-    return pids
+    return [pid for pid in _live_pids() if pid != os.getpid() and text in _cmdline(pid)]
 
 
 def cluster_pids(pgid: int, temp_dir: str) -> list[int]:

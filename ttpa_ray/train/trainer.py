@@ -212,6 +212,22 @@ def resolve_lora(cfg: TrainConfig, model_dir: Path) -> TrainConfig:
     return cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": enabled})})
 
 
+def scaling_config(cfg: TrainConfig) -> Any:
+    """Ray Train's worker group from the `train` section (what the autoscaler provisions)."""
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(
+        num_workers=cfg.workers,
+        use_gpu=cfg.use_gpu,
+        accelerator_type=cfg.accelerator_type,
+        resources_per_worker={
+            **cfg.resources_per_worker,
+            "CPU": cfg.cpus_per_worker,
+            **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
+        },
+    )
+
+
 def run_training(
     mode: str,
     cfg: TrainConfig,
@@ -230,7 +246,7 @@ def run_training(
     if mode not in MODES:
         raise ValueError(f"unknown training mode {mode!r}; valid: {', '.join(MODES)}")
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from transformers import AutoTokenizer
 
@@ -285,16 +301,7 @@ def run_training(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers,
-            use_gpu=cfg.use_gpu,
-            accelerator_type=cfg.accelerator_type,
-            resources_per_worker={
-                **cfg.resources_per_worker,
-                "CPU": cfg.cpus_per_worker,
-                **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
-            },
-        ),
+        scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(
             name=f"{mode}",
