@@ -170,3 +170,99 @@ def test_job_help_runs_without_a_cluster():
         timeout=60,
     )
     assert out.returncode == 0 and "--stage {sft,ttpa,dpo_response}" in out.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_serve_job_keeps_serving_and_eval_job_scores_the_endpoint(head, tmp_path):
+    """`jobs.serve` deploys the app and ends; the app answers afterwards; `jobs.eval
+    --endpoint` evaluates it over HTTP from another job."""
+    from ttpa_ray.pipeline import free_port
+    from ttpa_ray.tools.catalog import load_builtin
+    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
+
+    tools = [t.to_openai() for t in load_builtin().tools[:6]]
+    model = create_tiny_model_dir(catalog_texts(tools, examples_per_tool=1), tmp_path / "tiny")
+    port = free_port()
+    cfg = yaml.safe_load((REPO / "tests" / "pipeline" / "reduced.yaml").read_text())
+    cfg["serve"] = {"port": port, "num_cpus": 0.25, "default_max_tokens": 16}
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    job = submit(
+        head,
+        "python",
+        "-m",
+        "jobs.serve",
+        "--config",
+        str(config),
+        "--model",
+        str(model),
+        "--name",
+        "tiny",
+    )
+    assert wait(head, job, timeout_s=240) == "SUCCEEDED", ray_job(head, "logs", job).stdout
+    assert f"at http://127.0.0.1:{port}/v1" in ray_job(head, "logs", job).stdout
+
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as r:
+        assert json.loads(r.read())["data"][0]["id"] == "tiny"
+
+    out = tmp_path / "eval"
+    job = submit(
+        head,
+        "python",
+        "-m",
+        "jobs.eval",
+        "--config",
+        str(config),
+        "--endpoint",
+        f"http://127.0.0.1:{port}/v1",
+        "--model",
+        "tiny",
+        "--suite",
+        "bfcl:simple_python",
+        "--limit",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert wait(head, job, timeout_s=240) == "SUCCEEDED", ray_job(head, "logs", job).stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["request_errors"] == 0, metrics
+
+
+def test_stage_jobs_bring_a_run_dir_up_to_date_through_their_stage(tmp_path):
+    """Without RAY_ADDRESS a job runs on a local loopback Ray: `jobs.construct` runs one
+    stage; `jobs.train --stage sft` then runs the stages SFT needs (model) and SFT."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = tmp_path / "run"
+
+    def job(*args: str) -> dict:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                *args,
+                "--config",
+                "tests/pipeline/reduced.yaml",
+                "--run-dir",
+                str(run),
+                "--no-progress",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        data = json.loads((run / "pipeline.json").read_text())
+        return {s["name"]: s.get("status_this_run") for s in data["stages"]}
+
+    assert job("jobs.construct") == {"construct": "ran"}
+    ran = job("jobs.train", "--stage", "sft")
+    assert ran == {"construct": "skipped", "model": "ran", "sft": "ran"}
+    assert (run / "sft" / "model" / "config.json").is_file()
