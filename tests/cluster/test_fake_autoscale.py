@@ -17,14 +17,9 @@ import ray
 import yaml
 from ray.autoscaler._private.util import validate_config
 
-from ttpa_ray.cluster.fake import (
-    HEAD_NODE_TYPE,
-    FakeAutoscalingCluster,
-    NodeCountPoller,
-    _start_time,
-    processes_mentioning,
-)
+from ttpa_ray.cluster.fake import HEAD_NODE_TYPE, FakeAutoscalingCluster, NodeCountPoller
 from ttpa_ray.cluster.head import ray_bin
+from ttpa_ray.cluster.procs import processes_mentioning, start_time
 
 WORKER = "ttpa.worker"
 IDLE_S = 10.0
@@ -135,7 +130,7 @@ def test_scales_up_for_a_job_and_a_driver_then_down_when_idle() -> None:
             )
             deadline = time.monotonic() + 150
             while (job.poll() is None or driver.poll() is None) and time.monotonic() < deadline:
-                seen.update((pid, _start_time(pid)) for pid in cluster.processes())
+                seen.update((pid, start_time(pid)) for pid in cluster.processes())
                 raylet_groups.update(raylet_pgids(temp_dir))
                 time.sleep(1)
             for proc in (job, driver):
@@ -187,7 +182,7 @@ def test_scales_up_for_a_job_and_a_driver_then_down_when_idle() -> None:
     # stop(): nothing of the cluster is left: no process seen while it ran (pids are
     # matched with their start times, pids get reused) and none naming its temp dir.
     assert len(seen) > 10
-    alive = [pid for pid, start in seen.items() if start is not None and _start_time(pid) == start]
+    alive = [pid for pid, start in seen.items() if start is not None and start_time(pid) == start]
     assert alive == [], describe(alive)
     assert processes_mentioning(temp_dir) == []
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout

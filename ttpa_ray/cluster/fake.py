@@ -13,7 +13,7 @@ fails), and the monitor reads the config's keys directly without filling in defa
 
 Process cleanup: the monitor starts fake nodes as its own children (no new session, no
 reaper), so they stay in the head's process group and `LocalHead.stop()` signals them
-too; `stop()` then SIGKILLs anything of the cluster's that is still alive.
+too, then SIGKILLs anything of the cluster's that is still alive.
 
 Use (clients run as separate processes with `client_env()`: it carries the head's token)::
 
@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import threading
 import time
 import urllib.request
@@ -73,8 +71,7 @@ class FakeAutoscalingCluster:
     gcs_port: int | None = None
     head: LocalHead | None = None
     config_path: Path | None = None
-    # "pid command line" of what was still alive after the head's process group was
-    # stopped (then SIGKILLed): for diagnostics.
+    # "pid command line" of what outlived the head's process group (then SIGKILLed)
     stragglers: list[str] = field(default_factory=list)
 
     # -- config ---------------------------------------------------------------------------
@@ -161,37 +158,15 @@ class FakeAutoscalingCluster:
         return self
 
     def processes(self) -> list[int]:
-        """Live pids of this cluster: the head's process group (fake nodes included),
-        their descendants, and anything whose command line names the temp dir."""
-        if self.head is None or self.head.proc is None:
-            return []
-        return cluster_pids(self.head.proc.pid, str(self.head.temp_dir))
+        """Live pids of this cluster (fake nodes included): see `LocalHead.processes`."""
+        return self.head.processes() if self.head is not None else []
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Stop the head's process group, then SIGKILL whatever of the cluster is left.
-
-        The group is not everything: the raylet puts each worker process (`ray::IDLE`,
-        actors, job drivers) in a process group of its own, and those only exit once
-        they notice their raylet is gone. The pids to check are taken before the head
-        stops (by group, tree and temp dir), with start times since pids get reused.
-        """
+        """Stop the head (fake nodes are in its process group) and every straggler."""
         if self.head is None:
             return
-        before = {pid: _start_time(pid) for pid in self.processes()}
-        temp_dir = self.head.temp_dir
         self.head.stop(grace_s=grace_s)
-        if temp_dir is not None:
-            before.update((pid, _start_time(pid)) for pid in processes_mentioning(str(temp_dir)))
-        left = {p: t for p, t in before.items() if t is not None and _start_time(p) == t}
-        self.stragglers = [f"{pid} {_cmdline(pid)[:200].strip()}" for pid in sorted(left)]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        # SIGKILL is not instant: wait until each is gone (or a zombie, which runs nothing).
-        deadline = time.monotonic() + grace_s
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = {p: t for p, t in left.items() if _start_time(p) == t}
+        self.stragglers = list(self.head.stragglers)
 
     def __enter__(self) -> FakeAutoscalingCluster:
         return self.start()
@@ -318,67 +293,3 @@ class NodeCountPoller:
     def first_time(self, pred: Any) -> float | None:
         """Seconds (since start) of the first sample whose counts satisfy `pred`."""
         return next((t for t, c in self.samples if pred(c)), None)
-
-
-# -- /proc -------------------------------------------------------------------------------
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _start_time(pid: int) -> str | None:
-    """Start time in clock ticks (with the pid, it names a process: pids get reused)."""
-    fields = _stat(pid)
-    return fields[19] if fields and fields[0] != "Z" else None
-
-
-def _live_pids() -> dict[int, list[str]]:
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            # A zombie runs nothing; it waits for its parent's wait().
-            if fields is not None and fields[0] != "Z":
-                out[int(entry)] = fields
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live pids (not this one) whose command line contains `text`.
-
-    Ray renames some processes (`ray::DashboardAgent`, `ray::IDLE`), whose command lines
-    then no longer name the temp dir: `cluster_pids` also follows the process tree."""
-    return [pid for pid in _live_pids() if pid != os.getpid() and text in _cmdline(pid)]
-
-
-def cluster_pids(pgid: int, temp_dir: str) -> list[int]:
-    """Live members of process group `pgid`, processes naming `temp_dir`, and all their
-    descendants (a process that left the group, e.g. by `setsid`, is still found)."""
-    live = _live_pids()
-    found = {pid for pid, f in live.items() if int(f[2]) == pgid}
-    found |= set(processes_mentioning(temp_dir))
-    children: dict[int, list[int]] = {}
-    for pid, f in live.items():
-        children.setdefault(int(f[1]), []).append(pid)
-    stack = list(found)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    found.discard(os.getpid())
-    return sorted(found)

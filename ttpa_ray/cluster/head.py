@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ttpa_ray.cluster.procs import cluster_pids, cmdline, processes_mentioning, start_time
 from ttpa_ray.ray_utils import LOOPBACK_ENV
 
 
@@ -65,6 +66,8 @@ class LocalHead:
     temp_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     token_path: Path | None = None
+    # "pid command line" of what outlived the process group at stop() (then SIGKILLed)
+    stragglers: list[str] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -175,23 +178,40 @@ class LocalHead:
         path = (self.temp_dir or Path("/nonexistent")) / "head.out"
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
+    def processes(self) -> list[int]:
+        """Live pids of this head: its process group, processes naming its temp dir, and
+        their descendants (Ray gives each worker process a process group of its own)."""
+        if self.proc is None:
+            return []
+        return cluster_pids(self.proc.pid, str(self.temp_dir))
+
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM the head's process group, SIGKILL what is left after `grace_s` (GCS and
-        raylet outlive a SIGTERM for ~30 s); remove the temp dir."""
+        """SIGTERM the head's process group, SIGKILL it after `grace_s` (GCS and raylet
+        outlive a SIGTERM for ~30 s), then SIGKILL every other process of this head that
+        is still alive (workers, job drivers); remove the temp dir."""
         if self.proc is not None:
+            # taken before stopping, with start times: pids get reused
+            before = {pid: start_time(pid) for pid in self.processes()}
             pgid = self.proc.pid
             for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    break
                 deadline = time.monotonic() + grace_s
-                while time.monotonic() < deadline and _group_alive(pgid):
+                while time.monotonic() < deadline and _alive(before):
                     time.sleep(0.2)
-                if not _group_alive(pgid):
+                if not _alive(before):
                     break
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
+            before.update((p, start_time(p)) for p in processes_mentioning(str(self.temp_dir)))
+            left = _alive(before)
+            self.stragglers = [f"{pid} {cmdline(pid)[:200].strip()}" for pid in sorted(left)]
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace_s
+            while _alive(left) and time.monotonic() < deadline:
+                time.sleep(0.1)
             self._log.close()
             self.proc = None
         if self.temp_dir is not None:
@@ -204,22 +224,6 @@ class LocalHead:
         self.stop()
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie leader still "exists"; look for any live (non-zombie) member.
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+def _alive(procs: dict[int, str | None]) -> dict[int, str | None]:
+    """The processes of `procs` (pid → start time) that still run (zombies do not)."""
+    return {p: t for p, t in procs.items() if t is not None and start_time(p) == t}
