@@ -98,3 +98,16 @@ def main(fn: Callable[[Sequence[str] | None], int]) -> None:
         print(f"ttpa-ray job error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     sys.exit(code)
+
+
+def stage_job(stage: str, doc: str) -> Callable[[Sequence[str] | None], int]:
+    """The entry point of a one-stage job: bring the run dir up to date through `stage`."""
+
+    def run(argv: Sequence[str] | None = None) -> int:
+        p = parser(stage, doc)
+        p.add_argument("--force", action="store_true", help="re-run even if up to date")
+        args = p.parse_args(argv)
+        run_stages(args, until=stage, force=stage if args.force else None)
+        return 0
+
+    return run
