@@ -75,5 +75,11 @@ def test_staged_run_pushes_stages_but_not_ray_train_storage(tmp_path):
     (remote / "sft" / "ray").mkdir()
     (remote / "sft" / "ray" / "big").write_text("checkpoints stay remote")
     b = StagedRun(uri, staging=tmp_path / "driver-b")
+    b.pull(())
+    assert tree(b.local) == {"pipeline.json": '{"stages": []}'}  # the state only
     b.pull(("construct", "sft"))
     assert tree(b.local) == {"pipeline.json": '{"stages": []}', "sft/model/w.bin": "weights"}
+    # each stage is fetched once per driver: a later pull does not copy it again
+    (b.local / "sft" / "model" / "w.bin").write_text("local edit")
+    b.pull(("sft",))
+    assert (b.local / "sft" / "model" / "w.bin").read_text() == "local edit"

@@ -52,7 +52,7 @@ class Pipeline:
         # A URI run dir (s3://, gs://) is mirrored locally; each finished stage is pushed.
         self.store = StagedRun(str(run_dir)) if is_uri(run_dir) else None
         if self.store is not None:
-            self.store.pull(STAGES)
+            self.store.pull(())  # the state; stage outputs come when a stage reads them
         self.run = self.store.local if self.store is not None else Path(run_dir)
         self.progress = progress
         self.timeline = timeline
@@ -109,6 +109,11 @@ class Pipeline:
             s["name"]: {k: v for k, v in s.items() if k != "name"} for s in stages
         }
 
+    @staticmethod
+    def inputs(stage: str) -> tuple[str, ...]:
+        """The stages whose outputs `stage` reads (the report reads them all)."""
+        return STAGES[: STAGES.index(stage)] if stage == "report" else DEPENDS[stage]
+
     def shared(self, rel: str) -> str:
         """Where workers on any node read `rel`: the URI in a URI run dir, else the path."""
         return self.store.remote(rel) if self.store is not None else str(self.run / rel)
@@ -155,6 +160,8 @@ class Pipeline:
             }
             self._save()
             try:
+                if self.store is not None:
+                    self.store.pull(self.inputs(stage))
                 counts = self._stage_fn(stage)()
             except BaseException:
                 self.state["stages"][stage]["status"] = "failed"

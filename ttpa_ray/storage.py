@@ -120,9 +120,11 @@ def local_path(path: str | os.PathLike[str]) -> str:
 class StagedRun:
     """A run dir at a URI, mirrored in a local staging dir on the driver.
 
-    `pull()` brings the recorded state and every stage's outputs down (for resume);
-    `push(stage)` uploads a finished stage with the run's state files. Ray Train's own
-    storage (`<stage>/ray/`) is written to the URI by the workers and never mirrored.
+    `pull(stages)` brings the recorded state and those stages' outputs down (each stage
+    once: the pipeline pulls what a stage reads right before running it, so a resumed
+    run fetches only what it still needs); `push(stage)` uploads a finished stage with
+    the run's state files. Ray Train's own storage (`<stage>/ray/`) is written to the
+    URI by the workers and never mirrored.
     """
 
     STATE_FILES = ("pipeline.json", "cluster")
@@ -131,17 +133,19 @@ class StagedRun:
         self.uri = uri.rstrip("/")
         key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
         self.local = Path(staging) if staging else cache_root() / "runs" / key
+        self.current: set[str] = set()  # stages whose local copy is up to date
 
     def remote(self, rel: str) -> str:
         return join(self.uri, rel)
 
     def pull(self, stages: tuple[str, ...]) -> None:
         self.local.mkdir(parents=True, exist_ok=True)
-        for name in (*self.STATE_FILES, *stages):
-            if name in stages:
+        for name in self.STATE_FILES:
+            download(self.remote(name), self.local / name)
+        for name in stages:
+            if name not in self.current:
                 self._pull_stage(name)
-            else:
-                download(self.remote(name), self.local / name)
+                self.current.add(name)
 
     def _pull_stage(self, stage: str) -> None:
         import pyarrow.fs as pafs
@@ -156,6 +160,8 @@ class StagedRun:
                 )
 
     def push(self, stage: str | None = None) -> None:
+        if stage is not None:
+            self.current.add(stage)
         if stage is not None and (self.local / stage).is_dir():
             for item in (self.local / stage).iterdir():
                 if item.name != "ray":

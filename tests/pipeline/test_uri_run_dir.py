@@ -48,6 +48,10 @@ def test_uri_run_dir_pushes_stages_and_resumes_on_another_driver(tmp_path):
     assert state["sample"]["status"] == "done" and state["sample"]["status_this_run"] == "ran"
     assert state["sft"]["status_this_run"] == "skipped"
     assert (bucket / "sample" / "pairs.parquet").is_file()
+    # the second driver fetched only what TPS reads (construct, sft), never the base model
+    mirror = next((tmp_path / "driver-b" / "runs").iterdir())
+    assert (mirror / "sft" / "model").is_dir() and (mirror / "construct").is_dir()
+    assert not (mirror / "model").exists()
     # the sampler actors loaded the policy from the URI through the per-node cache
     cached = [p for p in (tmp_path / "driver-b").glob("*-model") if (p / "config.json").exists()]
     assert cached, sorted(p.name for p in (tmp_path / "driver-b").iterdir())
