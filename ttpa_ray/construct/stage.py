@@ -302,14 +302,8 @@ def _finalize(
     per_step: dict[str, StageCounts] = {}
     for s in shards:
         for c in json.loads((s / "counts.json").read_text()):
-            prev = per_step.get(c["stage"])
-            per_step[c["stage"]] = StageCounts(
-                c["stage"],
-                c["rows_in"] + (prev.rows_in if prev else 0),
-                c["rows_out"] + (prev.rows_out if prev else 0),
-                c["rows_quarantined"] + (prev.rows_quarantined if prev else 0),
-                round(c["seconds"] + (prev.seconds if prev else 0.0), 3),
-            )
+            prev = per_step.get(c["stage"]) or StageCounts(c["stage"], 0, 0, 0)
+            per_step[c["stage"]] = prev.merged(c)
     counts = [c.check() for c in per_step.values()]
     total = StageCounts(
         STAGE, cfg.n_episodes, episodes.num_rows, quarantine.num_rows, round(seconds, 2)

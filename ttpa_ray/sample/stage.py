@@ -444,12 +444,7 @@ def _finalize(
         data = json.loads((s / "counts.json").read_text())
         for name, c in data.pop("counts").items():
             prev = totals.get(name) or StageCounts(c["stage"], 0, 0, 0)
-            totals[name] = StageCounts(
-                c["stage"],
-                prev.rows_in + c["rows_in"],
-                prev.rows_out + c["rows_out"],
-                prev.rows_quarantined + c["rows_quarantined"],
-            )
+            totals[name] = prev.merged(c)
         for k, v in data.items():
             if isinstance(v, dict):
                 extra[k].update(v)

@@ -82,6 +82,16 @@ class StageCounts:
             )
         return self
 
+    def merged(self, counts: dict[str, Any]) -> StageCounts:
+        """These counts plus another shard's (a `StageCounts` dict; `seconds` optional)."""
+        return StageCounts(
+            self.stage,
+            self.rows_in + counts["rows_in"],
+            self.rows_out + counts["rows_out"],
+            self.rows_quarantined + counts["rows_quarantined"],
+            round(self.seconds + counts.get("seconds", 0.0), 3),
+        )
+
 
 def config_hash(obj: Any) -> str:
     """Stable short hash of a JSON-able config (for resume checks)."""
