@@ -3,19 +3,13 @@ stages of `pipeline.json`, and each stage's peak cluster size."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ttpa_ray.cluster.nodes import NODES_FILE, read_timeline, stage_peaks
 from ttpa_ray.report import plots
+from ttpa_ray.report.common import MissingInput, Run
 from ttpa_ray.report.html import fmt, note, table
-
-if TYPE_CHECKING:
-    from ttpa_ray.report.build import Run
 
 
 def sec_cluster(run: Run) -> str:
-    from ttpa_ray.report.build import MissingInput
-
     if not run.exists(NODES_FILE):
         raise MissingInput(NODES_FILE)
     samples = read_timeline(run.path(NODES_FILE))
