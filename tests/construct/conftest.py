@@ -17,12 +17,11 @@ import json
 import random
 import re
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from http_fake import json_server
 
 from ttpa_ray.construct.values import ValueSampler
 from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams
@@ -114,41 +113,18 @@ def scripted_engine() -> ScriptedEngine:
 @pytest.fixture
 def openai_teacher_server() -> Iterator[dict[str, Any]]:
     """An OpenAI-compatible `/v1/chat/completions` on 127.0.0.1 answering with
-    `scripted_reply` (a 500 for the `engine_fails` prompts: retried, then failed)."""
-    state: dict[str, Any] = {"requests": 0, "lock": threading.Lock()}
+    `scripted_reply` (a 500 for the `engine_fails` prompts: retried, then failed);
+    `seen` holds the request bodies."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+    def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if engine_fails(body["messages"]):
+            return 500, {"error": {"message": "backend overloaded"}}
+        text = scripted_reply(body["messages"])
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}}
+            for i in range(body.get("n", 1))
+        ]
+        return 200, {"id": "x", "object": "chat.completion", "choices": choices}
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with state["lock"]:
-                state["requests"] += 1
-            if engine_fails(body["messages"]):
-                status, payload = 500, {"error": {"message": "backend overloaded"}}
-            else:
-                text = scripted_reply(body["messages"])
-                status = 200
-                payload = {
-                    "id": "x",
-                    "object": "chat.completion",
-                    "choices": [
-                        {"index": i, "message": {"role": "assistant", "content": text}}
-                        for i in range(body.get("n", 1))
-                    ],
-                }
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield state
-    server.shutdown()
-    server.server_close()
+    with json_server(respond) as srv:
+        yield {"base_url": srv["url"], "seen": srv["seen"]}

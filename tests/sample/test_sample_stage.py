@@ -4,14 +4,13 @@ the openai engine against a local HTTP server."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from http_fake import json_server
 from transformers import AutoTokenizer
 
 from ttpa_ray.config import SampleConfig
@@ -128,76 +127,53 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny_model_dir, episodes_path):
 def policy_server(episode_rows) -> Iterator[dict[str, Any]]:
     """Answers with the gold call (choice 0), a wrong-value call (1) and text (2); HTTP 500
     for prompts whose messages contain 'FAIL'."""
-    seen: list[dict[str, Any]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            if "FAIL" in json.dumps(body["messages"]):
-                self.send_response(500)
-                self.end_headers()
-                self.wfile.write(b'{"error": {"message": "boom"}}')
-                return
-            tool = body["tools"][0]["function"]
-            args = {k: "x" for k in tool["parameters"].get("required", [])}
-            choices = [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "id": "c0",
-                                "type": "function",
-                                "function": {"name": tool["name"], "arguments": json.dumps(args)},
-                            }
-                        ],
-                    },
-                    "logprobs": {
-                        "content": [
-                            {"token": "a", "logprob": -0.5},
-                            {"token": "b", "logprob": -0.25},
-                        ]
-                    },
+    def respond(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "FAIL" in json.dumps(body["messages"]):
+            return 500, {"error": {"message": "boom"}}
+        tool = body["tools"][0]["function"]
+        args = {k: "x" for k in tool["parameters"].get("required", [])}
+        choices = [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c0",
+                            "type": "function",
+                            "function": {"name": tool["name"], "arguments": json.dumps(args)},
+                        }
+                    ],
                 },
-                {
-                    "index": 1,
-                    "message": {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "id": "c1",
-                                "type": "function",
-                                "function": {"name": "not_a_tool", "arguments": "{}"},
-                            }
-                        ],
-                    },
+                "logprobs": {
+                    "content": [
+                        {"token": "a", "logprob": -0.5},
+                        {"token": "b", "logprob": -0.25},
+                    ]
                 },
-                {"index": 2, "message": {"role": "assistant", "content": "I am not sure."}},
-            ][: body["n"]]
-            data = json.dumps(
-                {"choices": choices, "usage": {"prompt_tokens": 100, "completion_tokens": 20}}
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            },
+            {
+                "index": 1,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "not_a_tool", "arguments": "{}"},
+                        }
+                    ],
+                },
+            },
+            {"index": 2, "message": {"role": "assistant", "content": "I am not sure."}},
+        ][: body["n"]]
+        return 200, {"choices": choices, "usage": {"prompt_tokens": 100, "completion_tokens": 20}}
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield {"url": f"http://127.0.0.1:{httpd.server_address[1]}/v1", "seen": seen}
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=5)
+    with json_server(respond) as srv:
+        yield srv
 
 
 def test_openai_engine_over_http(ray_local, tmp_path, episode_rows, policy_server):

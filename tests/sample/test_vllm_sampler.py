@@ -14,6 +14,7 @@ import pytest
 from ttpa_ray.config import SampleConfig
 from ttpa_ray.construct.schema_teacher import build_episode
 from ttpa_ray.sample import tokens
+from ttpa_ray.sample import vllm_rows as vr
 from ttpa_ray.sample import vllm_sampler as vs
 from ttpa_ray.sample.branch import BranchSettings
 from ttpa_ray.sample.turns import SAMPLED_SCHEMA, Turn, episode_turns
@@ -51,7 +52,7 @@ def config(model_dir: Path, **kw: Any) -> SampleConfig:
 
 def tok_eos(model_dir: Path) -> tuple[Any, frozenset[int], int]:
     tok, eos = vs._tokenizer(str(model_dir)), vs._eos(str(model_dir))
-    return tok, eos, vs.logprobs_k(2, vs._skip_special(str(model_dir)))
+    return tok, eos, vr.logprobs_k(2, vs._skip_special(str(model_dir)))
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def test_without_vllm_the_default_processor_says_how_to_install(model_dir):
 
 
 def test_request_params_keys_are_fixed_per_pass():
-    gen = vs.request_params(5, 0.7, 0.9, seed=3)
+    gen = vr.request_params(5, 0.7, 0.9, seed=3)
     assert gen == {
         "temperature": 0.7,
         "top_p": 0.9,
@@ -104,7 +105,7 @@ def test_request_params_keys_are_fixed_per_pass():
         "seed": 3,
         "logprobs": 0,
     }
-    assert set(vs.request_params(1, prompt_logprobs=9)) == set(gen) | {"prompt_logprobs"}
+    assert set(vr.request_params(1, prompt_logprobs=9)) == set(gen) | {"prompt_logprobs"}
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def test_n_sample_rows_carry_the_rendered_prompt_with_the_turns_tools(model_dir,
     cfg = config(model_dir, mode="n_sample")
     row = turn_rows[0]
     turn = Turn.from_row(row)
-    rows = vs.render_turn(row, tok, eos, cfg, k)
+    rows = vr.render_turn(row, tok, eos, cfg, k)
     text = tok.apply_chat_template(
         turn.prompt, tools=turn.tools, add_generation_prompt=True, tokenize=False
     )
@@ -126,7 +127,7 @@ def test_n_sample_rows_carry_the_rendered_prompt_with_the_turns_tools(model_dir,
         params = json.loads(r["_params"])
         assert (params["seed"], params["temperature"], params["max_tokens"]) == (7 + i, 1.0, 8)
         assert "prompt_logprobs" not in params
-        pre = vs.preprocess_row(r)
+        pre = vr.preprocess_row(r)
         assert pre["tokenized_prompt"] == expected and pre["sampling_params"] == params
     names = [t["function"]["name"] for t in turn.tools]
     assert len(names) >= 2 and all(n in tok.decode(expected) for n in names)
@@ -137,7 +138,7 @@ def test_n_sample_rows_carry_the_rendered_prompt_with_the_turns_tools(model_dir,
 def test_branch_gold_row_is_prompt_plus_gold_asking_for_prompt_logprobs(model_dir, turn_rows):
     tok, eos, k = tok_eos(model_dir)
     row = turn_rows[0]
-    (gold_row,) = vs.render_turn(row, tok, eos, config(model_dir, mode="branch"), k)
+    (gold_row,) = vr.render_turn(row, tok, eos, config(model_dir, mode="branch"), k)
     turn = Turn.from_row(row)
     prompt, gold = tokens.prompt_ids(tok, turn), tokens.gold_ids(tok, turn, set(eos))
     assert gold_row["_kind"] == "gold" and json.loads(gold_row["_ids"]) == prompt + gold
@@ -150,10 +151,10 @@ def test_branch_gold_row_is_prompt_plus_gold_asking_for_prompt_logprobs(model_di
 def test_unrenderable_and_too_long_turns_become_idle_rows_with_reasons(model_dir, turn_rows):
     tok, eos, k = tok_eos(model_dir)
     row = turn_rows[0]
-    (bad,) = vs.render_turn({**row, "prompt": "not json"}, tok, eos, config(model_dir), k)
+    (bad,) = vr.render_turn({**row, "prompt": "not json"}, tok, eos, config(model_dir), k)
     assert bad["_kind"] == "idle" and bad["_quarantine_reason"].startswith("template_error:")
     assert "prompt_logprobs" in json.loads(bad["_params"])  # same keys as the gold pass
-    (long,) = vs.render_turn(row, tok, eos, config(model_dir, max_model_len=32), k)
+    (long,) = vr.render_turn(row, tok, eos, config(model_dir, max_model_len=32), k)
     assert long["_quarantine_reason"].startswith("prompt_too_long: prompt + gold is ")
     assert long["_quarantine_reason"].endswith("max_model_len 32")
 
@@ -181,36 +182,36 @@ def test_gold_positions_from_int_and_str_keys():
         # after an Arrow struct round trip: str keys, other rows' keys null-filled
         [None if e is None else {str(t): v for t, v in e.items()} | {"99": None} for e in PLP_INT],
     ):
-        pos = vs.gold_positions(plp, 2, [5, 6], k=2)
+        pos = vr.gold_positions(plp, 2, [5, 6], k=2)
         assert [(p.index, p.gold_id, p.gold_logprob) for p in pos] == [(0, 5, -1.0), (1, 6, -0.2)]
         assert pos[0].top == [(9, -0.5), (5, -1.0)] and pos[0].diverges
         assert pos[1].top == [(6, -0.2), (7, -2.5)] and not pos[1].diverges
-    assert vs.gold_positions(PLP_INT, 2, [5, 6])[0].top[-1] == (4, -2.0)  # k=None: all
+    assert vr.gold_positions(PLP_INT, 2, [5, 6])[0].top[-1] == (4, -2.0)  # k=None: all
     with pytest.raises(ValueError, match="gold token 1"):
-        vs.gold_positions(PLP_INT, 2, [5, 8])
+        vr.gold_positions(PLP_INT, 2, [5, 8])
     with pytest.raises(ValueError, match="entries"):
-        vs.gold_positions(PLP_INT, 3, [5, 6])
+        vr.gold_positions(PLP_INT, 3, [5, 6])
 
 
 def gold_output_row(cfg: SampleConfig, **kw: Any) -> dict[str, Any]:
     row = {
-        **vs._request(
+        **vr._request(
             {"_turn_id": "t1", "_turn": '{"id": "t1"}'},
             "gold",
             [1, 3, 5, 6],
-            vs.request_params(1, seed=0),
+            vr.request_params(1, seed=0),
         ),
         "_n_prompt": 2,
         "_gold_ids": json.dumps([5, 6]),
         "_train_gold": "[5, 6]",
-        "_params": json.dumps(vs.request_params(1, prompt_logprobs=2)),
+        "_params": json.dumps(vr.request_params(1, prompt_logprobs=2)),
         "_forward": 0,
         "generated_tokens": [9],
         "prompt_logprobs": PLP_INT,
         "logprobs": [{9: lp(-0.5, 1)}],
         "__inference_error__": "",
     }
-    return vs.postprocess_row({**row, **kw})
+    return vr.postprocess_row({**row, **kw})
 
 
 def test_expand_gold_row_into_branch_and_sample_requests():
@@ -218,7 +219,7 @@ def test_expand_gold_row_into_branch_and_sample_requests():
     cfg = SampleConfig(engine="vllm", policy="p", mode="branch", max_tokens=6, seed=1)
     out = gold_output_row(cfg)
     assert out["prompt_logprobs"] is None and json.loads(out["_result"])["logprob"] == -0.5
-    rows = vs.expand_gold_row(out, cfg, settings, [0])
+    rows = vr.expand_gold_row(out, cfg, settings, [0])
     # the one divergent position (gold 0): alternative 9 (4 is special)
     assert [(r["_kind"], r["_branch_index"]) for r in rows] == [("branch", 0)]
     assert json.loads(rows[0]["_ids"]) == [1, 3, 9] and json.loads(rows[0]["_prefix"]) == [9]
@@ -226,13 +227,13 @@ def test_expand_gold_row_into_branch_and_sample_requests():
     assert params["temperature"] == 0.0 and params["max_tokens"] == 5
     assert rows[0]["_forward"] == 4 + 1 and rows[0]["_prefix_logprob"] == -0.5
 
-    both = vs.expand_gold_row(out, cfg.model_copy(update={"mode": "both", "n": 2}), settings, [0])
+    both = vr.expand_gold_row(out, cfg.model_copy(update={"mode": "both", "n": 2}), settings, [0])
     assert [r["_kind"] for r in both] == ["n_sample", "n_sample", "branch"]
     assert json.loads(both[0]["_ids"]) == [1, 3] and both[0]["_forward"] == 5
     assert both[1]["_forward"] == 0 and json.loads(both[1]["_params"])["seed"] == 2
 
     # no branch point: one idle row, no quarantine
-    none = vs.expand_gold_row(
+    none = vr.expand_gold_row(
         gold_output_row(
             cfg, prompt_logprobs=[None, {3: lp(-0.1, 1)}, {5: lp(-0.1, 1)}, {6: lp(-0.1, 1)}]
         ),
@@ -244,14 +245,14 @@ def test_expand_gold_row_into_branch_and_sample_requests():
         ("idle", None, 5)
     ]
 
-    err = vs.expand_gold_row(
+    err = vr.expand_gold_row(
         {**out, "__inference_error__": "OOM", "_result": ""}, cfg, settings, [0]
     )
     assert err[0]["_kind"] == "idle" and err[0]["_quarantine_reason"] == (
         "engine_error: gold request 0: OOM"
     )
     broken = gold_output_row(cfg, prompt_logprobs=PLP_INT[:3])
-    (q,) = vs.expand_gold_row(broken, cfg, settings, [0])
+    (q,) = vr.expand_gold_row(broken, cfg, settings, [0])
     assert q["_quarantine_reason"].startswith("bad_prompt_logprobs:")
 
 
@@ -282,11 +283,11 @@ def test_assemble_turn_dedupes_and_counts():
         }
 
     rows = [cand("b", "branch", 0), cand("a", "n_sample", 1), cand("a", "n_sample", 0)]
-    out = vs.assemble_turn(rows)
+    out = vr.assemble_turn(rows)
     assert [c["text"] for c in json.loads(out["candidates"])] == ["a", "b"]
     assert out["forward_tokens"] == 30 and out["shard"] == 3 and out["_quarantine_reason"] is None
     assert set(out) == set(SAMPLED_SCHEMA.names)
-    bad = vs.assemble_turn([*rows, {**rows[0], "_quarantine_reason": "engine_error: x"}])
+    bad = vr.assemble_turn([*rows, {**rows[0], "_quarantine_reason": "engine_error: x"}])
     assert bad["candidates"] == "[]" and bad["_quarantine_reason"] == "engine_error: x"
 
 
@@ -413,7 +414,7 @@ def scripted_factory(model_dir: Path, fail: dict[str, str], calls: list[str]) ->
             map_batches_kwargs={"concurrency": 1, "num_cpus": 0.1},
         )
         return Processor(
-            config, [stage], preprocess=vs.preprocess_row, postprocess=vs.postprocess_row
+            config, [stage], preprocess=vr.preprocess_row, postprocess=vr.postprocess_row
         )
 
     return factory
