@@ -95,11 +95,14 @@ def test_pipeline_job_autoscales_a_worker_for_tps(tmp_path):
     for that stage and removes it once idle; the driver's timeline and the report show it."""
     cfg = yaml.safe_load((REPO / "tests" / "pipeline" / "reduced.yaml").read_text())
     cfg["sample"]["resources"] = {"tps_worker": 1}
+    # training pinned to the head (a custom resource only it has): once TPS is done the
+    # worker has nothing to run, whatever Ray's scheduler would otherwise pack onto it
+    cfg["train"]["resources_per_worker"] = {"train_slot": 1}
     config = tmp_path / "autoscale.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
     cluster = FakeAutoscalingCluster(
-        head_resources={"CPU": 2},
+        head_resources={"CPU": 2, "train_slot": 1},
         worker_types={
             "tps": {"resources": {"CPU": 1, "tps_worker": 1}, "min_workers": 0, "max_workers": 1}
         },

@@ -133,3 +133,19 @@ def test_gpu_configs_fill_the_resources_for_real_nodes():
         assert c.sample.accelerator_type == c.construct.teacher.accelerator_type == "H100"
     # a 70B model needs a whole 8-GPU node per engine
     assert c70.sample.tensor_parallel_size == c70.serve.tensor_parallel_size == 8
+
+
+def test_reference_pass_runs_where_training_runs():
+    from ttpa_ray.train.trainer import reference_placement
+
+    remote, device, dtype = reference_placement(
+        TrainConfig(use_gpu=True, accelerator_type="H100", cpus_per_worker=8)
+    )
+    assert remote == {"num_cpus": 1.0, "num_gpus": 1, "accelerator_type": "H100"}
+    assert (device, dtype) == ("cuda", "bfloat16")
+    assert reference_placement(TrainConfig(use_gpu=True, bf16=False))[2] == "float32"
+    assert reference_placement(TrainConfig(cpus_per_worker=0.5)) == (
+        {"num_cpus": 0.5},
+        "cpu",
+        "float32",
+    )

@@ -131,10 +131,12 @@ def precompute_reference(
     """Store the reference per-token log-probs of each pair in `extra` (`ref_chosen`,
     `ref_rejected`), one batched no-grad pass, so training needs no resident reference."""
     model.eval()
+    device = next(model.parameters()).device
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        rc, rr = pair_token_logps(model, collate_pairs(chunk, pad_id))
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+        rc, rr = pair_token_logps(model, batch)
         for i, e in enumerate(chunk):
-            e.extra["ref_chosen"] = rc[i, : len(e.chosen_ids)].tolist()
-            e.extra["ref_rejected"] = rr[i, : len(e.rejected_ids)].tolist()
+            e.extra["ref_chosen"] = rc[i, : len(e.chosen_ids)].float().tolist()
+            e.extra["ref_rejected"] = rr[i, : len(e.rejected_ids)].float().tolist()
     return examples

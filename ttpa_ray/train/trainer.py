@@ -78,15 +78,18 @@ def prepare_examples(
 class ReferenceLogps:
     """Ray Data actor stage: per-token reference log-probs of each pair, one no-grad pass."""
 
-    def __init__(self, model_dir: str, pad_id: int) -> None:
+    def __init__(
+        self, model_dir: str, pad_id: int, device: str = "cpu", dtype: str = "float32"
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
         from ttpa_ray.storage import local_path
 
-        self.model = AutoModelForCausalLM.from_pretrained(
-            local_path(model_dir), local_files_only=True, dtype=torch.float32
-        ).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            local_path(model_dir), local_files_only=True, dtype=getattr(torch, dtype)
+        )
+        self.model = model.to(torch.device(device)).eval()
         self.pad_id = pad_id
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -109,10 +112,29 @@ class ReferenceLogps:
         }
 
 
+def reference_placement(cfg: TrainConfig) -> tuple[dict[str, Any], str, str]:
+    """Where the reference pass runs: Ray remote args, torch device and dtype. On GPU
+    training it takes one of the training GPUs (same `accelerator_type`) in the training
+    precision; the actor is gone ~1 s after the pass, before the trainers start."""
+    from ttpa_ray.ray_utils import remote_args
+
+    cpus = min(1.0, cfg.cpus_per_worker)
+    if not cfg.use_gpu:
+        return remote_args(cpus), "cpu", "float32"
+    dtype = "float32" if cfg.bf16 is False else "bfloat16"
+    return remote_args(cpus, 1, cfg.accelerator_type), "cuda", dtype
+
+
 def add_reference(
-    examples: list[PairExample], model_dir: str, pad_id: int, num_cpus: float = 1.0
+    examples: list[PairExample],
+    model_dir: str,
+    pad_id: int,
+    remote: dict[str, Any] | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> None:
-    """Fill `extra["ref_chosen"|"ref_rejected"]` of every pair with a Ray Data actor stage."""
+    """Fill `extra["ref_chosen"|"ref_rejected"]` of every pair with a Ray Data actor stage
+    (`remote`: its Ray resources, default one CPU)."""
     import ray
 
     rows = [
@@ -126,11 +148,11 @@ def add_reference(
     ]
     ds = ray.data.from_items(rows).map_batches(
         ReferenceLogps,
-        fn_constructor_args=(model_dir, pad_id),
+        fn_constructor_args=(model_dir, pad_id, device, dtype),
         batch_size=16,
         compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=num_cpus,
         batch_format="numpy",
+        **(remote or {"num_cpus": 1.0}),
     )
     for row in ds.iter_rows():
         e = examples[int(row["index"])]
@@ -178,9 +200,8 @@ def reference_logps(
                 list(r["ref_rejected"]),
             )
         return
-    add_reference(
-        examples, model_uri or str(model_dir), pad_id, num_cpus=min(1.0, cfg.cpus_per_worker)
-    )
+    remote, device, dtype = reference_placement(cfg)
+    add_reference(examples, model_uri or str(model_dir), pad_id, remote, device, dtype)
     write_rows(
         path,
         [
