@@ -83,3 +83,9 @@ def test_staged_run_pushes_stages_but_not_ray_train_storage(tmp_path):
     (b.local / "sft" / "model" / "w.bin").write_text("local edit")
     b.pull(("sft",))
     assert (b.local / "sft" / "model" / "w.bin").read_text() == "local edit"
+    # what the stage's workers wrote to the URI themselves is not uploaded again
+    (a.local / "sft" / "metrics.jsonl").write_text("driver copy")
+    (remote / "sft" / "metrics.jsonl").write_text("rank 0's upload")
+    a.written["sft"] = {"metrics.jsonl"}
+    a.push("sft")
+    assert (remote / "sft" / "metrics.jsonl").read_text() == "rank 0's upload"

@@ -41,13 +41,7 @@ MODELS = ("sft", "dpo_response", "ttpa")
 class Pipeline:
     """One run dir, one config; `run()` executes the stages that are not up to date."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        run_dir: str | Path,
-        progress: bool = True,
-        timeline: NodeTimeline | None = None,
-    ) -> None:
+    def __init__(self, cfg: Config, run_dir: str | Path, progress: bool = True) -> None:
         self.cfg = cfg
         # A URI run dir (s3://, gs://) is mirrored locally; each finished stage is pushed.
         self.store = StagedRun(str(run_dir)) if is_uri(run_dir) else None
@@ -55,7 +49,7 @@ class Pipeline:
             self.store.pull(())  # the state; stage outputs come when a stage reads them
         self.run = self.store.local if self.store is not None else Path(run_dir)
         self.progress = progress
-        self.timeline = timeline
+        self.timeline: NodeTimeline | None = None  # set by run_pipeline
         self.state_path = self.run / "pipeline.json"
         self.state: dict[str, Any] = {"stages": {}}
         if self.state_path.exists():
@@ -251,7 +245,12 @@ class Pipeline:
     ) -> dict[str, Any]:
         from ttpa_ray.train.trainer import run_training
 
-        sync = self.shared(which) if self.store is not None else None
+        sync = None
+        if self.store is not None:
+            from ttpa_ray.train.loop import SYNCED
+
+            sync = self.shared(which)
+            self.store.written[which] = set(SYNCED)  # rank 0 uploads them itself
         m = run_training(
             mode,
             self.train_cfg(which),

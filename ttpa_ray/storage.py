@@ -123,8 +123,9 @@ class StagedRun:
     `pull(stages)` brings the recorded state and those stages' outputs down (each stage
     once: the pipeline pulls what a stage reads right before running it, so a resumed
     run fetches only what it still needs); `push(stage)` uploads a finished stage with
-    the run's state files. Ray Train's own storage (`<stage>/ray/`) is written to the
-    URI by the workers and never mirrored.
+    the run's state files. Ray Train's own storage (`<stage>/ray/`) and what `written`
+    names for a stage (rank 0's export) are written to the URI by the workers and not
+    uploaded again.
     """
 
     STATE_FILES = ("pipeline.json", "cluster")
@@ -134,6 +135,8 @@ class StagedRun:
         key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
         self.local = Path(staging) if staging else cache_root() / "runs" / key
         self.current: set[str] = set()  # stages whose local copy is up to date
+        # per stage, entries its workers already wrote to the URI themselves
+        self.written: dict[str, set[str]] = {}
 
     def remote(self, rel: str) -> str:
         return join(self.uri, rel)
@@ -163,8 +166,9 @@ class StagedRun:
         if stage is not None:
             self.current.add(stage)
         if stage is not None and (self.local / stage).is_dir():
+            skip = {"ray", *self.written.get(stage, ())}
             for item in (self.local / stage).iterdir():
-                if item.name != "ray":
+                if item.name not in skip:
                     upload(item, self.remote(f"{stage}/{item.name}"))
         for name in self.STATE_FILES:
             if (self.local / name).exists():

@@ -331,8 +331,11 @@ def run_training(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+    t_fit = time.time()
     result = trainer.fit()
-    if sync_uri:
+    marker = out / "final_logps.json"  # rank 0 writes it last, after the model
+    if sync_uri and not (marker.exists() and marker.stat().st_mtime >= t_fit):
+        # rank 0 ran on another node: its export reached this driver only via the URI
         for name in SYNCED:
             download(join(sync_uri, name), out / name)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
