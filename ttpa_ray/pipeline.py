@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ttpa_ray.cluster.head import free_ports
 from ttpa_ray.cluster.nodes import NODES_FILE, NodeTimeline
 from ttpa_ray.config import Config, TrainConfig
 from ttpa_ray.schema.io import config_hash, read_rows, write_rows
@@ -304,7 +305,7 @@ class Pipeline:
         from ttpa_ray.serve.app import build_app
 
         p, sc = self.cfg.pipeline, self.cfg.serve
-        port = sc.port or free_port(sc.host)
+        port = sc.port or free_ports(1, sc.host)[0]
         # Serve runs for this stage only, on loopback unless configured otherwise
         # HeadOnly: the eval clients run on the driver; proxies on other nodes would
         # only compete for the port (and all nodes are 127.0.0.1 on a test cluster)
@@ -344,14 +345,6 @@ class Pipeline:
         print(headline(self.run))
         print(f"report: {path}")
         return {}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def build_response_pairs(pairs_path: Path) -> list[dict[str, Any]]:

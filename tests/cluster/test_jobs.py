@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from ttpa_ray.cluster.fake import FakeAutoscalingCluster
-from ttpa_ray.cluster.head import LocalHead, ray_bin
+from ttpa_ray.cluster.head import LocalHead, free_ports, ray_bin
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -180,13 +180,12 @@ def test_job_help_runs_without_a_cluster():
 def test_serve_job_keeps_serving_and_eval_job_scores_the_endpoint(head, tmp_path):
     """`jobs.serve` deploys the app and ends; the app answers afterwards; `jobs.eval
     --endpoint` evaluates it over HTTP from another job."""
-    from ttpa_ray.pipeline import free_port
     from ttpa_ray.tools.catalog import load_builtin
     from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
     tools = [t.to_openai() for t in load_builtin().tools[:6]]
     model = create_tiny_model_dir(catalog_texts(tools, examples_per_tool=1), tmp_path / "tiny")
-    port = free_port()
+    port = free_ports(1)[0]
     cfg = yaml.safe_load((REPO / "tests" / "pipeline" / "reduced.yaml").read_text())
     cfg["serve"] = {"port": port, "num_cpus": 0.25, "default_max_tokens": 16}
     config = tmp_path / "serve.yaml"

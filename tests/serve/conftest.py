@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from ttpa_ray.cluster.head import free_ports
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
@@ -47,12 +47,6 @@ def adapters(serve_model_dir, tmp_path_factory) -> dict[str, str]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(ray_local, serve_model_dir, adapters) -> Iterator[dict[str, Any]]:
     """The app with both adapters on 127.0.0.1, plus a second app (`/secure`) with an API
@@ -63,7 +57,7 @@ def server(ray_local, serve_model_dir, adapters) -> Iterator[dict[str, Any]]:
     from ttpa_ray.serve.app import make_app
     from ttpa_ray.serve.deploy import start
 
-    port = free_port()
+    port = free_ports(1)[0]
     cfg = ServeConfig(
         model=str(serve_model_dir),
         adapters=adapters,

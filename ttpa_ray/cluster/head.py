@@ -151,7 +151,9 @@ class LocalHead:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray head exited ({self.proc.returncode}):\n{self.log_tail()}")
+                rc, log = self.proc.returncode, self.log_tail()
+                self.stop()  # its temp dir, and anything it started before exiting
+                raise RuntimeError(f"ray head exited ({rc}):\n{log}")
             if self._jobs_api_up():
                 return self
             time.sleep(0.5)
