@@ -142,6 +142,11 @@ def test_scales_up_for_a_job_and_a_driver_then_down_when_idle() -> None:
             assert job.returncode == 0 and "WORKLOAD_OK" in job_out, job_out[-4000:]
             assert driver.returncode == 0 and "WORKLOAD_OK" in driver_out, driver_out[-4000:]
             cluster.wait_for_nodes(1, timeout_s=IDLE_S + 60)
+            # The poller samples every 0.5 s: let it record the 1-node state that
+            # wait_for_nodes just saw before it stops (else the scale-down is unrecorded).
+            deadline = time.monotonic() + 10
+            while poller.samples[-1][1].get("total") != 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
         samples = poller.samples
         timeline = [(round(t, 1), c["total"]) for t, c in samples]
         up_at = poller.first_time(lambda c: c["total"] > 1)
