@@ -71,6 +71,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         pred_col=args.pred_col,
         gold_col=args.gold_col,
         tools_col=args.tools_col,
+        pred_format=args.pred_format,
     )
     print(json.dumps(counts.__dict__))
     return 0
@@ -85,8 +86,10 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
         hidden_size=args.hidden_size,
         num_layers=args.layers,
         seed=args.seed,
+        template=args.template,
     )
-    out = create_tiny_model_dir(catalog_texts(load_builtin().openai()), args.out, cfg)
+    texts = catalog_texts(load_builtin().openai(), template=args.template)
+    out = create_tiny_model_dir(texts, args.out, cfg)
     print(f"tiny model + tokenizer written to {out}")
     return 0
 
@@ -231,6 +234,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from ttpa_ray.pipeline import run_pipeline
 
     cfg = load_config(args.config)
+    _quiet_ray(args, args.run_dir)
     run_pipeline(cfg, args.run_dir, start=args.start, until=args.until)
     print(f"run dir: {args.run_dir} (pipeline.json, report/index.html)")
     return 0
@@ -250,6 +254,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         limit=args.limit,
         distractors=args.distractors,
+        seed=args.seed,
+        max_turns=args.max_turns,
         max_retries=args.max_retries,
         progress=not args.no_progress,
     )
@@ -259,6 +265,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     print(
         f"{m['suite']} {m['model']}: n={m['n']} esm={fmt(m['esm'])} exact={fmt(m['exact'])} "
+        f"name_acc={fmt(m['name_acc'])} parse_rate={fmt(m['parse_rate'])} "
         f"ast={fmt(m['ast'])} request_errors={m['request_errors']} → {args.out}"
     )
     return 0
@@ -300,13 +307,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ttpa_ray.demo import run_demo
 
+    _quiet_ray(args, args.out)
     run_demo(Path(args.out), args.config)
     return 0
 
 
+def _quiet_ray(args: argparse.Namespace, run_dir: str) -> None:
+    """Ray's own output to RUN_DIR/logs/ray.log, so the terminal shows stage lines, bars
+    and the headline. `-v` keeps it on the terminal; a URI run dir has no local path yet."""
+    from ttpa_ray.ray_utils import RAY_LOG, quiet_ray
+    from ttpa_ray.storage import is_uri
+
+    if args.verbose or is_uri(run_dir):
+        return
+    path = quiet_ray(Path(run_dir) / RAY_LOG, split_stderr=True)
+    print(f"Ray's own output (logs, warnings, worker lines): {path}", flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttpa-ray", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging; demo/pipeline: Ray's own output on the terminal, not in "
+        "RUN_DIR/logs/ray.log",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     tools = sub.add_parser("tools", help="tool catalogs: validate and import")
@@ -335,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pred-col", default="pred")
     s.add_argument("--gold-col", default="gold")
     s.add_argument("--tools-col", default="tools")
+    s.add_argument(
+        "--pred-format",
+        choices=("calls", "text"),
+        default="calls",
+        help="what the pred column holds: calls (a JSON call list, or call structs) or "
+        "text (raw model output; only <tool_call> blocks are calls, as in eval)",
+    )
     s.set_defaults(func=_cmd_score)
 
     t = sub.add_parser("tiny-model", help="build an untrained tiny model + BPE tokenizer dir")
@@ -343,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden-size", type=int, default=128)
     t.add_argument("--layers", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--template",
+        choices=("hermes", "compact"),
+        default="hermes",
+        help="chat template: tools as JSON schemas (hermes) or one line each (compact)",
+    )
     t.set_defaults(func=_cmd_tiny_model)
 
     c = sub.add_parser("construct", help="reversed dataset construction on Ray Data (resumable)")
@@ -449,8 +488,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--concurrency", type=int, default=8)
     ev.add_argument("--max-tokens", type=int, default=512)
     ev.add_argument("--temperature", type=float, default=0.0)
-    ev.add_argument("--limit", type=int, default=None, help="examples (per BFCL category)")
+    ev.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="examples (per BFCL category); held-out: turns sampled, stratified",
+    )
     ev.add_argument("--distractors", type=int, default=None, help="held-out: extra tools offered")
+    ev.add_argument("--seed", type=int, default=0, help="held-out sample and bootstrap intervals")
+    ev.add_argument(
+        "--max-turns", type=int, default=None, help="held-out: tool-call turns per episode"
+    )
     ev.add_argument("--max-retries", type=int, default=3)
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_cmd_eval)

@@ -40,7 +40,7 @@ class TeacherConfig(Strict):
     dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
     num_gpus: float = Field(0.0, ge=0.0, description="hf: GPUs per actor (1 with device cuda)")
     max_prompt_tokens: int | None = Field(
-        None, gt=0, description="hf: keep the last N prompt tokens (None: error if too long)"
+        None, gt=0, description="hf: a longer prompt fails its episode, never cut (None: context)"
     )
     # openai
     max_concurrency: int = Field(8, gt=0, description="openai: requests in flight per actor")
@@ -165,7 +165,9 @@ class SampleConfig(Strict):
     batch_size: int = Field(4, gt=0, description="turns per actor batch")
     device: str = Field("cpu", description="hf: torch device")
     dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
-    max_prompt_tokens: int | None = Field(None, gt=0, description="hf: keep the last N")
+    max_prompt_tokens: int | None = Field(
+        None, gt=0, description="hf: longer prompts quarantine their turn (never truncated)"
+    )
     # openai
     api_key_env: str | None = None
     max_concurrency: int = Field(8, gt=0)
@@ -233,7 +235,9 @@ class ServeConfig(Strict):
         description="how long a batch waits to fill (2 ms gave batches of ~3 at 16 clients)",
     )
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request has none")
-    max_prompt_tokens: int | None = Field(None, gt=0, description="longer prompts get HTTP 400")
+    max_prompt_tokens: int | None = Field(
+        None, gt=0, description="longer prompts get HTTP 400 context_length_exceeded"
+    )
     # vllm (ray.serve.llm)
     tensor_parallel_size: int = Field(1, gt=0)
     accelerator_type: str | None = Field(
@@ -269,6 +273,12 @@ class TinyShape(Strict):
     intermediate_size: int = Field(384, gt=0)
     max_position_embeddings: int = Field(2048, gt=0)
     seed: int = 0
+    template: Literal["hermes", "compact"] = Field(
+        "hermes",
+        description="chat template: each tool as its JSON schema (hermes, as Qwen/Hermes) or "
+        "one signature line per tool (compact: ~1/3 of the tokens, for small contexts); "
+        "the same template serves training, sampling and the endpoint",
+    )
 
 
 class PipelineConfig(Strict):
@@ -287,7 +297,16 @@ class PipelineConfig(Strict):
     eval_suites: list[str] = Field(
         ["heldout"], description="heldout | bfcl:<categories> | toolbench:<file>"
     )
-    eval_limit: int | None = Field(None, gt=0, description="examples per suite (None: all)")
+    eval_limit: int | None = Field(
+        None,
+        gt=0,
+        description="held-out: turns sampled (stratified by seen/held-out tools and turn "
+        "index, within sample.max_turns_per_episode; >= 400 for a headline); BFCL: first N "
+        "per category; toolbench: first N (None: all)",
+    )
+    eval_seed: int = Field(
+        0, description="seed of the held-out sample and of the bootstrap intervals"
+    )
     eval_max_tokens: int = Field(256, gt=0, description="new tokens per eval request")
 
 
@@ -329,6 +348,26 @@ class TrainConfig(Strict):
     max_len: int = Field(1024, gt=8, description="tokens per sequence (prompt + completion)")
     micro_batch_size: int = Field(8, gt=0, description="per worker per step (rows)")
     packing: bool = Field(True, description="SFT: pack short examples into max_len rows")
+    examples: Literal["turns", "episodes"] = Field(
+        "turns",
+        description="SFT: one example per tool-call turn, built by the prompt builder TPS and "
+        "eval use, labelled with the gold turn (turns); or whole episodes (episodes)",
+    )
+    final_answers: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="SFT turns: share of episodes that also train their final text answer",
+    )
+    distractors: int | None = Field(
+        None,
+        ge=0,
+        description="SFT turns: tools offered per prompt; always equal to sample.distractors "
+        "(copied from there: SFT, TPS and eval build the same prompts)",
+    )
+    max_turns_per_episode: int | None = Field(
+        None, gt=0, description="SFT turns: first N tool-call turns; copied from sample"
+    )
     grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
     max_steps: int = Field(100, gt=0, description="optimizer steps")
     lr: float = Field(1e-4, gt=0.0)
@@ -380,6 +419,20 @@ with warnings.catch_warnings():
         sample: SampleConfig = SampleConfig()
         serve: ServeConfig = ServeConfig()
         pipeline: PipelineConfig = PipelineConfig()
+
+        @model_validator(mode="after")
+        def _one_prompt_builder(self) -> Config:
+            # SFT, TPS and eval must build the same prompts: the turn settings live in
+            # `sample` and are copied into `train`; a different explicit value is an error.
+            for name in ("distractors", "max_turns_per_episode"):
+                want = getattr(self.sample, name)
+                if name in self.train.model_fields_set and getattr(self.train, name) != want:
+                    raise ValueError(
+                        f"train.{name} must equal sample.{name} ({want}): SFT, TPS and eval "
+                        "share one prompt builder (set it under sample only)"
+                    )
+                object.__setattr__(self.train, name, want)
+            return self
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -237,7 +237,9 @@ class Pipeline:
 
         tools = [t.to_openai() for t in catalog_tools(self.cfg.construct.catalog)]
         create_tiny_model_dir(
-            catalog_texts(tools), self.run / "model", TinyModelConfig(**p.tiny.model_dump())
+            catalog_texts(tools, template=p.tiny.template),
+            self.run / "model",
+            TinyModelConfig(**p.tiny.model_dump()),
         )
         return {}
 
@@ -264,8 +266,39 @@ class Pipeline:
         return self._totals(m, f"train.{mode}.examples") | {"steps": m["steps"]}
 
     def _sft(self) -> dict[str, Any]:
-        return self._train(
+        counts = self._train(
             "sft", "sft", self.run / "construct", self.model_dir(), self.model_shared()
+        )
+        self._card_prompt_lengths()
+        return counts
+
+    def _card_prompt_lengths(self) -> None:
+        """The SFT prompt lengths (the policy's tokens) in the construction card: only now
+        is the tokenizer known. The same prompts go to TPS and eval."""
+        from ttpa_ray.construct.dataset import set_card_section
+
+        m = json.loads((self.run / "sft" / "manifest.json").read_text())
+        stats, cfg = m.get("prompt_tokens") or {}, self.train_cfg("sft")
+        if not stats:
+            return
+        row = " | ".join(str(stats[k]) for k in ("n", "min", "p50", "p90", "p99", "max"))
+        set_card_section(
+            self.run / "construct" / "card.md",
+            "prompt-lengths",
+            "\n".join(
+                [
+                    "## Prompt lengths (policy tokens, SFT turns)",
+                    "",
+                    f"Tool-call turns as SFT, TPS and eval see them: {cfg.distractors} "
+                    f"distractor tool(s), first {cfg.max_turns_per_episode} turns per episode; "
+                    f"{m.get('fitted', 0)} prompt(s) omit old tool results to fit max_len "
+                    f"{cfg.max_len}; too long for it: see `sft/quarantine.parquet`.",
+                    "",
+                    "| turns | min | p50 | p90 | p99 | max |",
+                    "|---|---|---|---|---|---|",
+                    f"| {row} |",
+                ]
+            ),
         )
 
     def _sample(self) -> dict[str, Any]:
@@ -301,7 +334,7 @@ class Pipeline:
     def _eval(self) -> dict[str, Any]:
         from ray import serve
 
-        from ttpa_ray.eval import run_eval, summarize
+        from ttpa_ray.eval import run_eval, sft_warning, summarize
         from ttpa_ray.serve.app import build_app
 
         p, sc = self.cfg.pipeline, self.cfg.serve
@@ -329,13 +362,17 @@ class Pipeline:
                         limit=p.eval_limit,
                         max_tokens=p.eval_max_tokens,
                         distractors=self.cfg.sample.distractors,
+                        seed=p.eval_seed,
+                        max_turns=self.cfg.sample.max_turns_per_episode,
                         progress=self.progress,
                     )
                 serve.delete(f"eval-{name}")
         finally:
             serve.shutdown()
-        summary = summarize(root)
+        summary = summarize(root, seed=p.eval_seed)
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
+        if warning := sft_warning(summary):
+            print(warning)
         return {}
 
     def _report(self) -> dict[str, Any]:

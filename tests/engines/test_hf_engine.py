@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ttpa_ray.engines import ChatRequest, EngineError, GenerationParams, make_engine
-from ttpa_ray.engines.hf_engine import HFEngine, truncate_at_stop
+from ttpa_ray.engines.hf_engine import ContextLengthError, HFEngine, truncate_at_stop
 from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 
@@ -134,15 +134,82 @@ def test_stop_strings(engine):
     assert truncate_at_stop("abc", None) == "abc"
 
 
-def test_prompt_too_long_and_left_truncation(model_dir):
+def test_a_long_neighbour_does_not_cut_a_short_prompts_budget(model_dir, monkeypatch):
+    engine = HFEngine(model_dir, batch_size=8)
+    short, mid, long = REQUESTS[2], REQUESTS[0], REQUESTS[1]
+    n_short, n_mid, n_long = (len(engine.encode(r, 12)) for r in (short, mid, long))
+    assert n_long - n_mid > 12 and n_mid > n_short
+    alone = engine.generate([short], SHORT)
+    engine.max_length = n_long + 3  # the long prompt has room for 3 new tokens only
+    calls: list[tuple[int, int, int]] = []
+    real = engine.model.generate
+
+    def spy(**kw: Any) -> Any:
+        rows, width = kw["input_ids"].shape
+        calls.append((width, kw["max_new_tokens"], rows))
+        return real(**kw)
+
+    monkeypatch.setattr(engine.model, "generate", spy)
+    together = engine.generate([long, short, mid], SHORT)
+    # the two short prompts run together with all 12 tokens, the long one alone with 3
+    assert calls == [(n_mid, 12, 2), (n_long, 3, 1)]
+    assert all(width + new <= engine.max_length for width, new, _ in calls)
+    assert together[1] == alone[0]
+
+
+def test_a_prompt_too_long_is_rejected_never_truncated(model_dir, monkeypatch):
     engine = HFEngine(model_dir)
-    engine.max_length = 40  # a small context without building another model
     long_request = ChatRequest([{"role": "user", "content": "Paris " * 50}], [WEATHER], "long")
-    with pytest.raises(EngineError, match="prompt has .* tokens"):
-        engine.generate([long_request], SHORT)
-    engine.max_prompt_tokens = 30
-    [[text]] = engine.generate([long_request], GenerationParams(max_tokens=4))
-    assert isinstance(text, str) and engine.truncated_prompts == 1
+    full = engine.tokenizer(engine.render(long_request), add_special_tokens=False)["input_ids"]
+    n = len(full)
+
+    def never(**kw: Any) -> Any:
+        raise AssertionError("an over-long prompt reached the model")
+
+    monkeypatch.setattr(engine.model, "generate", never)
+    engine.max_length = n  # a context without room for one new token
+    with pytest.raises(
+        ContextLengthError,
+        match=rf"^context_length_exceeded: request 'long': the prompt has {n} tokens; "
+        rf"the model's context length is {n} tokens",
+    ):
+        engine.generate([REQUESTS[2], long_request], SHORT)
+    engine.max_length, engine.max_prompt_tokens = 2048, n - 1
+    with pytest.raises(
+        EngineError, match=rf"context_length_exceeded: .*{n} tokens; .*accepts at most {n - 1}"
+    ):
+        engine.encode(long_request, 4)
+    engine.max_prompt_tokens = n  # at the limit: every token kept, none cut
+    assert engine.encode(long_request, 4) == full
+    assert not hasattr(engine, "truncated_prompts")
+    # one token of room: exactly one new token, from the whole prompt
+    monkeypatch.undo()
+    engine.max_length = n + 1
+    calls: list[int] = []
+    real = engine.model.generate
+
+    def spy(**kw: Any) -> Any:
+        calls.append(kw["max_new_tokens"])
+        assert kw["input_ids"][0].tolist() == full
+        return real(**kw)
+
+    monkeypatch.setattr(engine.model, "generate", spy)
+    [[text]] = engine.generate([long_request], SHORT)
+    assert calls == [1] and isinstance(text, str)
+
+
+def test_the_teachers_batch_fails_only_the_long_prompt(model_dir):
+    # The hf teacher's path (construct.llm_teacher → generate_json_batch): the engine
+    # raises for the batch, the batch is retried per request, only the long row fails.
+    from ttpa_ray.engines.json_output import generate_json_batch
+
+    engine = HFEngine(model_dir)
+    long_request = ChatRequest([{"role": "user", "content": "Paris " * 50}], [WEATHER], "long")
+    engine.max_prompt_tokens = len(engine.encode(long_request, 4)) - 1
+    reqs = [REQUESTS[0], long_request, REQUESTS[2]]
+    results = generate_json_batch(engine, reqs, SHORT, [lambda v: []] * 3, repair=False)
+    assert [r.engine_error is None for r in results] == [True, False, True]
+    assert str(results[1].engine_error).startswith("context_length_exceeded: request 'long'")
 
 
 def test_missing_chat_template(model_dir, tmp_path):

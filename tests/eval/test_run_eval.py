@@ -246,9 +246,18 @@ def test_heldout_suite(tmp_path, fake_server, construct_dir):
     )
     assert m2["n"] == 3
     summary = summarize(tmp_path)
-    assert list(summary) == ["sft", "ttpa"]
-    assert summary["sft"] == {"esm": m["esm"], "exact": m["exact"], "ast": None}
+    assert list(summary) == ["sft", "ttpa", "paired", "sampling"]
+    assert {k: summary["sft"][k] for k in ("esm", "exact", "ast", "n")} == {
+        "esm": m["esm"],
+        "exact": m["exact"],
+        "ast": None,
+        "n": n,
+    }
+    assert summary["sft"]["exact_ci"] == m["exact_ci"]
     assert summary["ttpa"]["exact"] == m2["exact"]
+    # paired over the 3 sampled turns both models answered
+    assert summary["paired"]["ttpa-sft"]["n"] == 3
+    assert summary["sampling"]["requested"] is None  # the sft run took the whole pool
 
 
 def test_summarize_reads_only_the_suite(tmp_path):
@@ -256,8 +265,15 @@ def test_summarize_reads_only_the_suite(tmp_path):
         d = tmp_path / model / suite
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps({"esm": esm, "exact": 0.25, "ast": None}))
-    assert summarize(tmp_path) == {"a": {"esm": 0.5, "exact": 0.25, "ast": None}}
-    assert list(summarize(tmp_path, suite="bfcl")) == ["a", "b"]
+    summary = summarize(tmp_path)
+    assert list(summary) == ["a", "paired", "sampling"]
+    assert {k: summary["a"][k] for k in ("esm", "exact", "ast")} == {
+        "esm": 0.5,
+        "exact": 0.25,
+        "ast": None,
+    }
+    assert summary["paired"] == {} and summary["sampling"] is None
+    assert list(summarize(tmp_path, suite="bfcl"))[:2] == ["a", "b"]
     with pytest.raises(FileNotFoundError):
         summarize(tmp_path / "missing")
 

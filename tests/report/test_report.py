@@ -56,10 +56,17 @@ def test_headline_numbers_and_best_in_bold(full_report: Path) -> None:
         assert v in head, v
     for m in MODELS:
         assert f"<td>{m}</td>" in head
-    # best per column bold: ttpa wins every column
+    assert "<td>0.402 [0.355, 0.450]</td>" in head and "<td>400</td>" in head
+    # bold only where not a tie: ttpa's exact, ESM and AST; not tool-name acc. (paired
+    # interval vs dpo_response includes 0) nor parse rate (equal to dpo_response's)
     assert head.count("<strong>") == 3
-    for v in ("0.735", "0.558", "0.604"):
+    for v in ("0.558 [0.510, 0.607]", "0.735 [0.695, 0.775]", "0.604 [0.550, 0.650]"):
         assert f"<strong>{v}</strong>" in head
+    # paired differences and the sample
+    assert "<td>ttpa − sft</td><td>400</td><td>+0.156 [+0.110, +0.200]</td>" in head
+    assert "+0.015 [-0.020, +0.050]" in head
+    assert "400 of 1234 tool-call turns" in head and "seed 0" in head
+    assert "WARNING" not in head
     # the headline comes before the table of contents, both before the first section
     assert html.index('<section id="headline">') < html.index('<nav class="toc">')
     assert html.index('<nav class="toc">') < html.index('<section id="pipeline">')
@@ -153,17 +160,72 @@ def test_empty_and_malformed_inputs_do_not_break_the_report(tmp_path: Path) -> N
     assert len(IMG_RE.findall(html)) == 1  # the sft loss curve from its one whole line
 
 
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
 def test_headline_text(full_run: Path) -> None:
     text = headline(full_run)
     lines = text.splitlines()
     assert "heldout" in lines[0] and "eval/summary.json" in lines[0]
-    assert lines[1].split()[0] == "model" and "mean ESM" in lines[1]
-    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[3:6]}
+    assert _cells(lines[1]) == [
+        "model",
+        "n",
+        "exact-call acc.",
+        "mean ESM",
+        "tool-name acc.",
+        "parse rate",
+        "AST acc.",
+    ]
+    rows = {_cells(ln)[0]: _cells(ln)[1:] for ln in lines[3:6]}
     assert rows == {
-        "sft": ["0.512", "0.402", "0.451"],
-        "dpo_response": ["0.601", "0.463", "n/a"],
-        "ttpa": ["0.735*", "0.558*", "0.604*"],
+        "sft": [
+            "400",
+            "0.402 [0.355, 0.450]",
+            "0.512 [0.470, 0.555]",
+            "0.620 [0.570, 0.670]",
+            "0.810 [0.770, 0.850]",
+            "0.451 [0.400, 0.500]",
+        ],
+        "dpo_response": [
+            "400",
+            "0.463 [0.415, 0.512]",
+            "0.601 [0.560, 0.645]",
+            "0.700 [0.655, 0.745]",
+            "0.900 [0.870, 0.930]",
+            "n/a",
+        ],
+        "ttpa": [
+            "400",
+            "0.558 [0.510, 0.607]*",
+            "0.735 [0.695, 0.775]*",
+            "0.715 [0.670, 0.760]",
+            "0.900 [0.870, 0.930]",
+            "0.604 [0.550, 0.650]*",
+        ],
     }
+    assert lines[6] == "paired differences on the same examples:"
+    paired = {_cells(ln)[0]: _cells(ln)[1:] for ln in lines[9:11]}
+    assert paired["ttpa − sft"][:3] == ["400", "+0.156 [+0.110, +0.200]", "+0.223 [+0.190, +0.260]"]
+    assert paired["ttpa − dpo_response"][3:] == [
+        "+0.015 [-0.020, +0.050]",
+        "+0.000 [-0.020, +0.020]",
+    ]
+    assert "400 of 1234 tool-call turns of the test split (k < 2)" in text
+    assert "context_length_exceeded, scored 0): ttpa 2" in text
+    assert "not a tie" in text and "WARNING" not in text
+
+
+def test_headline_warns_when_sft_rarely_calls(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "r")
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    summary["sft"]["parse_rate"] = 0.2
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    warning = (
+        "WARNING: the SFT policy rarely emits tool calls; preference training has nothing to refine"
+    )
+    assert warning in headline(run)
+    assert warning in _html(build_report(run))
 
 
 def test_headline_falls_back_to_per_model_metrics(tmp_path: Path) -> None:
@@ -171,15 +233,16 @@ def test_headline_falls_back_to_per_model_metrics(tmp_path: Path) -> None:
     (run / "eval" / "summary.json").unlink()
     text = headline(run)
     assert "eval/<model>/heldout/metrics.json" in text
-    assert "0.735*" in text
-    # summary.json nested per suite is read too (held-out preferred)
-    nested = {
-        m: {"bfcl": {"esm": 0.1}, "heldout": v}
-        for m, v in json.loads(json.dumps({"sft": {"esm": 0.3, "exact": 0.2, "ast": 0.1}})).items()
-    }
+    # no paired differences there: ESM's intervals do not overlap, exact's do
+    assert "0.735 [0.695, 0.775]*" in text and "0.558 [0.510, 0.607]  " in text
+    assert "paired differences on the same examples" not in text
+    # summary.json nested per suite is read too (held-out preferred); one model, old shape
+    # (no intervals): nothing is marked best
+    nested = {"sft": {"bfcl": {"esm": 0.1}, "heldout": {"esm": 0.3, "exact": 0.2, "ast": 0.1}}}
     (run / "eval" / "summary.json").write_text(json.dumps(nested))
     text = headline(run)
-    assert "eval/summary.json" in text and "0.300*" in text and "dpo_response" not in text
+    assert "eval/summary.json" in text and "0.300" in text and "dpo_response" not in text
+    assert "*" not in text.splitlines()[3]
 
 
 def test_eval_metrics_fall_back_to_results(tmp_path: Path) -> None:
@@ -198,4 +261,24 @@ def test_headline_reads_what_eval_summarize_writes(tmp_path: Path) -> None:
     summary = harness.summarize(run / "eval")
     (run / "eval" / "summary.json").write_text(json.dumps(summary))
     text = headline(run)
-    assert "0.735*" in text and "0.512" in text and "dpo_response" in text
+    assert "0.735 [0.695, 0.775]" in text and "0.512" in text and "dpo_response" in text
+    assert re.search(r"ttpa − sft\s+30\s", text)  # paired over the fixture's 30 results rows
+
+
+def test_pair_decisions_show_divergence_and_threshold_share(full_run: Path) -> None:
+    from ttpa_ray.report.sections_data import sec_pair_decisions
+
+    m = json.loads((full_run / "sample" / "manifest.json").read_text())
+    html = sec_pair_decisions(m)
+    assert "<h3>What the pairs decide</h3>" in html
+    assert "in 30.0% of sampled turns (9 turns)" in html and "≥ 0.8" in html
+    # 15 branch pairs: arg_value 7/15, text 0
+    assert "<td>arg_value</td><td>7</td><td>0.467</td>" in html
+    assert "<td>text</td><td>0</td><td>0.000</td>" in html
+    assert len(IMG_RE.findall(html)) == 1
+    # without branch pairs, or with a tokenizer that failed, a note instead of the table
+    rest = {k: v for k, v in m.items() if k != "branch_divergence"}
+    assert "no branch pairs" in sec_pair_decisions(rest)
+    failed = sec_pair_decisions({**rest, "branch_divergence_error": "OSError: no tokenizer"})
+    assert "branch divergence: OSError: no tokenizer" in failed
+    assert sec_pair_decisions(None) == ""

@@ -3,10 +3,13 @@ differ at it; KV reuse gives the same candidates as naive branching; n-sample is
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from transformers import AutoTokenizer
 
-from ttpa_ray.engines.hf_engine import HFEngine
+from ttpa_ray.engines.base import EngineError
+from ttpa_ray.engines.hf_engine import ContextLengthError, HFEngine
 from ttpa_ray.sample.candidates import candidate_key
 from ttpa_ray.sample.hf_sampler import HFSampler, SampleSettings
 from ttpa_ray.sample.pairs import ScoredCandidate, pair_rows
@@ -100,3 +103,39 @@ def test_both_modes_and_unknown_mode(engine, turns):
     assert len({candidate_key(c.text) for c in got.candidates}) <= len(got.candidates)
     with pytest.raises(ValueError, match="mode"):
         sampler.sample(turns[0], "beam")
+
+
+def test_no_decoding_past_the_context_and_no_truncation(tiny_model_dir, turns, monkeypatch):
+    engine = HFEngine(tiny_model_dir)
+    sampler = HFSampler(engine, SampleSettings(n=2, temperature=1.0, max_tokens=48))
+    turn = turns[0]
+    prompt, gold = sampler.prompt_ids(turn), sampler.gold_ids(turn)
+    caps: list[Any] = []
+    real = sampler._decode
+
+    def spy(*args: Any) -> Any:
+        caps.append(args[5])
+        return real(*args)
+
+    monkeypatch.setattr(sampler, "_decode", spy)
+    # n-sample: the samples stop where the context ends (3 tokens after the prompt)
+    engine.max_length = len(prompt) + 3
+    got = sampler.n_sample(turn)
+    assert caps == [3] and got.forward_tokens <= len(prompt) + 2 * 3
+    # branch: prompt + gold must fit; a branch at gold index i has context - P - i tokens
+    engine.max_length = len(prompt) + len(gold) + 2
+    got = sampler.branch(turn)
+    assert got.candidates
+    for cap, c in zip(caps[1], got.candidates, strict=True):
+        assert cap <= engine.max_length - len(prompt) - c.branch_token_index
+    engine.max_length = len(prompt) + len(gold) - 1
+    with pytest.raises(ContextLengthError, match="context_length_exceeded: turn"):
+        sampler.sample(turn, "both")
+    # over max_prompt_tokens (or the context): the turn fails, the prompt is never cut
+    engine.max_length, engine.max_prompt_tokens = 2048, len(prompt) - 1
+    with pytest.raises(
+        EngineError, match=rf"the prompt has {len(prompt)} tokens; .*accepts at most"
+    ):
+        sampler.sample(turn, "n_sample")
+    engine.max_prompt_tokens = len(prompt)
+    assert sampler.prompt_ids(turn) == prompt

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from ttpa_ray.config import SampleConfig
 from ttpa_ray.sample.stage import run_sample
+from ttpa_ray.sample.token_classes import CLASSES
 from ttpa_ray.schema.io import read_rows, write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA, PAIR_SCHEMA
 from ttpa_ray.train.data import pair_example
@@ -86,6 +87,17 @@ def test_hf_sample_end_to_end_and_resume(ray_local, tmp_path, tiny_model_dir, ba
     for name in ("trl", "sharegpt"):
         lines = (out / "export" / f"{name}.jsonl").read_text().splitlines()
         assert len(lines) == len(pairs)
+    # What the pairs decide: where branch pairs diverge (every one classified), and how
+    # often a sample rather than gold was chosen (a chosen below 1.0 is always a sample).
+    hist = m["branch_divergence"]
+    assert set(hist) == set(CLASSES)
+    assert sum(hist.values()) == sum(
+        p["source"] == "branch" and p["branch_token_index"] >= 0 for p in pairs
+    )
+    sampled_turns = counts["sample.candidates"]["rows_out"]
+    by_sample = {p["id"].rsplit(":p", 1)[0] for p in pairs if p["chosen_score"] < 1.0}
+    assert len(by_sample) <= m["turns_best_at_threshold"] <= sampled_turns
+    assert m["best_at_threshold_share"] == round(m["turns_best_at_threshold"] / sampled_turns, 4)
 
     # Re-running with the same inputs skips every shard; a changed setting re-runs them.
     again = run_sample(cfg(tiny_model_dir), bad_episodes, out, progress=False)
@@ -93,6 +105,7 @@ def test_hf_sample_end_to_end_and_resume(ray_local, tmp_path, tiny_model_dir, ba
     assert again["pairs"] == m["pairs"]
     changed = run_sample(cfg(tiny_model_dir, threshold=0.5), bad_episodes, out, progress=False)
     assert changed["shards_run"] == 3
+    assert changed["best_at_threshold_share"] >= m["best_at_threshold_share"]
 
 
 def test_interrupted_run_resumes_the_remaining_shards(
@@ -105,6 +118,7 @@ def test_interrupted_run_resumes_the_remaining_shards(
     done = run_sample(c, episodes_path, out, progress=False)
     assert done["shards_run"] == 1 and done["shards_skipped"] == 1
     assert set(done["pairs_by_source"]) == {"branch"}
+    assert 0 < sum(done["branch_divergence"].values()) <= done["pairs"]
 
 
 def test_bad_inputs_are_clear_errors(tmp_path, tiny_model_dir, episodes_path):

@@ -50,7 +50,7 @@ def adapters(serve_model_dir, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(ray_local, serve_model_dir, adapters) -> Iterator[dict[str, Any]]:
     """The app with both adapters on 127.0.0.1, plus a second app (`/secure`) with an API
-    key, no batching and a limit of 1 request in flight."""
+    key, no batching, a limit of 1 request in flight and `max_prompt_tokens` 1000."""
     from ray import serve
 
     from ttpa_ray.config import ServeConfig
@@ -75,6 +75,7 @@ def server(ray_local, serve_model_dir, adapters) -> Iterator[dict[str, Any]]:
         batching=False,
         max_ongoing_requests=1,
         default_max_tokens=16,
+        max_prompt_tokens=1000,
     )
     serve.run(make_app(secure, api_key="sekret"), name="secure", route_prefix="/secure")
     try:

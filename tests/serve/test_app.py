@@ -4,6 +4,7 @@ status in OpenAI's shape, adapter routing, 300 requests at concurrency 16, schem
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
+from ttpa_ray.eval.examples import is_context_length_error
 from ttpa_ray.schema.validate import call_errors
 from ttpa_ray.tools.catalog import load_builtin
 
@@ -133,6 +135,48 @@ def test_errors_have_openai_shape_and_status(server):
     code, out = post(url, {**ok_body, "tools": TOOLS[:1], "tool_choice": absent})
     assert out["error"]["param"] == "tool_choice"
     assert post(url, ok_body)[0] == 200
+
+
+def test_a_prompt_over_the_context_gets_context_length_exceeded(server):
+    url = server["url"] + "/chat/completions"
+    long = {"model": "tiny", "messages": msg("word " * 1500), "max_tokens": 4, "temperature": 0}
+    short = {"model": "tiny", "messages": msg("hi"), "max_tokens": 4, "temperature": 0}
+
+    def refused(code: int, out: Any, limit: str) -> None:
+        assert code == 400, out
+        err = out["error"]
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "invalid_request_error" and err["param"] == "messages"
+        assert err["code"] == "context_length_exceeded"
+        assert re.fullmatch(rf"the prompt has \d{{4}} tokens; .*{limit}.*", err["message"])
+        assert is_context_length_error(err["message"])  # eval keeps only the message
+
+    # sent together (batched when they arrive within the batch window): the long ones
+    # fail, their batch-mates get their whole budget
+    bodies = [long, short, long, short, short]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        results = list(pool.map(lambda b: post(url, b), bodies))
+    for body, (code, out) in zip(bodies, results, strict=True):
+        if body is long:
+            refused(code, out, "the model's context length is 2048 tokens")
+        else:
+            assert code == 200, out
+            assert out["usage"]["completion_tokens"] == 4
+            assert out["choices"][0]["finish_reason"] == "length"
+    # streaming: the 400 is the response's status, not an event inside a 200 stream
+    for extra in ({"stream": True}, {"stream": True, "n": 2, "temperature": 1.0}):
+        code, out = post(url, {**long, **extra})
+        refused(code, out, "the model's context length is 2048 tokens")
+    # unbatched, and over max_prompt_tokens (1000) but inside the context
+    secure = server["secure"] + "/chat/completions"
+    auth = {"Authorization": "Bearer sekret"}
+    code, out = post(secure, long, auth)
+    refused(code, out, "at most 1000")
+    code, out = post(secure, {**long, "messages": msg("word " * 600)}, auth)
+    refused(code, out, "accepts at most 1000")
+    code, out = post(secure, {**long, "messages": msg("word " * 600), "stream": True}, auth)
+    refused(code, out, "accepts at most 1000")
+    assert post(secure, short, auth)[0] == 200
 
 
 def test_api_key_and_overload(server):

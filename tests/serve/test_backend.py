@@ -1,10 +1,12 @@
-"""The hf backend in process: batching changes nothing, failures stay per request."""
+"""The hf backend in process: batching changes nothing, failures stay per request, each
+request gets its own new-token budget whatever its batch-mates."""
 
 from __future__ import annotations
 
 import pytest
 
 from ttpa_ray.engines.base import EngineError
+from ttpa_ray.engines.hf_engine import ContextLengthError
 from ttpa_ray.serve.backend import GenRequest, HFChatBackend
 
 
@@ -37,7 +39,8 @@ def test_failures_stay_with_their_request(backend):
     long = req("word " * 400)
     out = backend.generate([req("fine"), long, req("x", adapter="zz")])
     assert not isinstance(out[0], EngineError)
-    assert isinstance(out[1], EngineError) and "200" in str(out[1])
+    assert isinstance(out[1], ContextLengthError) and "accepts at most 200" in str(out[1])
+    assert str(out[1]).startswith("context_length_exceeded: the prompt has ")
     assert isinstance(out[2], EngineError) and "zz" in str(out[2])
 
 
@@ -66,3 +69,45 @@ def test_streaming_yields_the_same_text(backend):
     pieces = list(backend.stream(r))
     final = pieces[-1]
     assert "".join(pieces[:-1]) == final.texts[0] == backend.generate([r])[0].texts[0]
+
+
+# The serve fixture's untrained model greedily repeats one token and never ends a turn, so
+# a completion has exactly its budget of tokens and finish_reason "length".
+
+
+def test_a_long_neighbour_does_not_cut_a_short_budget(backend, monkeypatch):
+    short, long = req("short", max_tokens=8), req("word " * 30, max_tokens=8)
+    n_short, n_long = len(backend.prompt_ids(short)), len(backend.prompt_ids(long))
+    assert n_long - n_short > 8
+    monkeypatch.setattr(backend.engine, "max_length", n_long + 3)  # room for 3 tokens
+    got_long, got_short, got_a1 = backend.generate([long, short, req("x", adapter="a1")])
+    assert got_short.completion_tokens == 8 and got_short.finish_reasons == ["length"]
+    assert got_a1.completion_tokens == 8
+    assert got_long.completion_tokens == 3 and got_long.finish_reasons == ["length"]
+    assert got_long.prompt_tokens == n_long and got_short.prompt_tokens == n_short
+    assert got_short.texts == backend.generate([short])[0].texts
+    assert got_long.texts == backend.generate([long])[0].texts
+    # n identical greedy choices: usage counts each choice's own budget
+    three = backend.generate([req("word " * 30, max_tokens=8, n=3), short])[0]
+    assert three.completion_tokens == 3 * 3 and three.finish_reasons == ["length"] * 3
+    # streaming (a batch of one) has its own budget too
+    final = list(backend.stream(long))[-1]
+    assert final.completion_tokens == 3 and final.texts == got_long.texts
+
+
+def test_a_prompt_with_no_room_fails_alone_and_is_not_cut(backend, monkeypatch):
+    long = req("word " * 30)
+    n = len(backend.prompt_ids(long))
+    monkeypatch.setattr(backend.engine, "max_length", n)
+    fine, bad, other = backend.generate([req("fine"), long, req("ok", adapter="a1")])
+    assert isinstance(bad, ContextLengthError)
+    assert bad.detail == (
+        f"the prompt has {n} tokens; the model's context length is {n} tokens, which "
+        "leaves no room for a completion"
+    )
+    assert fine.completion_tokens == 8 and other.completion_tokens == 8
+    with pytest.raises(ContextLengthError):
+        next(backend.stream(long))
+    monkeypatch.setattr(backend.engine, "max_length", n + 1)
+    one = backend.generate([long])[0]
+    assert one.prompt_tokens == n and one.completion_tokens == 1

@@ -20,6 +20,7 @@ from ttpa_ray.train.data import (
     collate_sft,
     pair_example,
     sft_example,
+    sft_turn_examples,
 )
 from ttpa_ray.train.objectives import DPOSettings, dpo_loss, precompute_reference, sft_loss
 from ttpa_ray.train.synthetic import perturbed_pair_rows
@@ -47,7 +48,7 @@ def fresh_model(model_dir: Path) -> Any:
 def test_sft_labels_cover_assistant_tokens_only(tokenizer):
     ep = build_episode(1, TOOLS).to_row()
     ex = sft_example(tokenizer, ep, max_len=100_000)
-    assert not ex.truncated and len(ex.labels) == len(ex.input_ids)
+    assert not ex.fitted and len(ex.labels) == len(ex.input_ids)
     labelled = tokenizer.decode(
         [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE]
     )
@@ -57,17 +58,20 @@ def test_sft_labels_cover_assistant_tokens_only(tokenizer):
     assert '"type": "function"' not in labelled  # nor the tools in the system turn
     answer = ep["messages"][-1]["content"]
     assert answer[:30] in labelled
-    short = sft_example(tokenizer, ep, max_len=300)
-    assert (
-        short.truncated and len(short.input_ids) == 300 and short.input_ids == ex.input_ids[-300:]
-    )
+    with pytest.raises(SkipExample, match="too_long"):  # never cut from the left
+        sft_example(tokenizer, ep, max_len=300)
     with pytest.raises(SkipExample, match="no messages"):
         sft_example(tokenizer, {**ep, "messages": []}, 100)
 
 
 def test_sft_lowers_the_loss(model_dir, tokenizer):
     model = fresh_model(model_dir)
-    examples = [sft_example(tokenizer, build_episode(s, TOOLS).to_row(), 384) for s in range(8)]
+    rows = [build_episode(s, TOOLS).to_row() for s in range(4)]
+    examples = [
+        e
+        for r in rows
+        for e in sft_turn_examples(tokenizer, r, 2048, distractors=1, max_turns=2)[0]
+    ]
     batch = collate_sft(examples, tokenizer.pad_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first, _ = sft_loss(model, batch)
@@ -88,7 +92,7 @@ def pairs(tokenizer, n: int) -> list:
         c = tokenizer(row["chosen_text"], add_special_tokens=False)["input_ids"]
         r = tokenizer(row["rejected_text"], add_special_tokens=False)["input_ids"]
         branch = next(i for i, (a, b) in enumerate(zip(c + [-1], r + [-2], strict=False)) if a != b)
-        out.append(pair_example(tokenizer, {**row, "branch_token_index": branch}, max_len=768))
+        out.append(pair_example(tokenizer, {**row, "branch_token_index": branch}, max_len=2048))
     return out
 
 
@@ -104,8 +108,8 @@ def test_pair_examples_share_tokens_before_the_branch(tokenizer):
         "chosen_text": "a",
         "rejected_text": "b",
     }
-    long = pair_example(tokenizer, row, max_len=64)
-    assert long.truncated and len(long.prompt_ids) + 2 <= 64
+    with pytest.raises(SkipExample, match="too_long"):  # never cut from the left
+        pair_example(tokenizer, row, max_len=64)
     with pytest.raises(SkipExample, match="does not fit"):
         pair_example(tokenizer, {**row, "chosen_text": "word " * 100}, max_len=64)
     with pytest.raises(SkipExample, match="empty prompt"):
@@ -169,12 +173,17 @@ def test_settings_validation():
 
 
 def test_packed_sft_equals_padded_sft(model_dir, tokenizer):
-    from ttpa_ray.train.data import pack_sft
+    from ttpa_ray.train.data import SFTExample, pack_sft
 
     model = fresh_model(model_dir).eval()
+    turns = [
+        sft_turn_examples(tokenizer, build_episode(s, TOOLS).to_row(), 4096, distractors=1)[0][0]
+        for s in range(6)
+    ]
+    # examples of assorted lengths (their ends: the label and some prompt before it)
     examples = [
-        sft_example(tokenizer, build_episode(s, TOOLS).to_row(), n)
-        for s, n in zip(range(6), (200, 90, 150, 60, 120, 40), strict=True)
+        SFTExample(t.input_ids[-n:], t.labels[-n:])
+        for t, n in zip(turns, (200, 90, 150, 60, 120, 40), strict=True)
     ]
     packed = pack_sft(examples, max_len=300)
     assert sum(p.n_examples for p in packed) == 6 and len(packed) < 6

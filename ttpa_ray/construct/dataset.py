@@ -178,3 +178,13 @@ def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
 
 
 EXPORTERS = {"openai-jsonl": to_openai_jsonl, "sharegpt": to_sharegpt}
+
+
+def set_card_section(card: Path, name: str, markdown: str) -> None:
+    """Add or replace the section `name` of `card.md` (between HTML comment markers), for
+    figures later stages know, e.g. prompt lengths in the policy's tokens."""
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = card.read_text(encoding="utf-8") if card.exists() else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + text[text.index(end) + len(end) :].lstrip("\n")
+    card.write_text(f"{text.rstrip()}\n\n{begin}\n{markdown.strip()}\n{end}\n", encoding="utf-8")

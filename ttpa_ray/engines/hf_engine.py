@@ -4,6 +4,11 @@ Each request is rendered with the tokenizer's own chat template and its own `too
 (`apply_chat_template(messages, tools=..., add_generation_prompt=True)`), tokenized
 without extra special tokens (the template already writes them), grouped into left-padded
 batches of similar length, and decoded back without the prompt and special tokens.
+
+Prompts are never cut: one over `max_prompt_tokens` or the context raises
+`ContextLengthError`. Each prompt gets `min(max_tokens, context - its own length)` new
+tokens, whatever its batch-mates' lengths (rows whose budget the context cuts run in
+their own `generate` calls, so no position past the context is ever used).
 """
 
 from __future__ import annotations
@@ -20,6 +25,19 @@ from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class ContextLengthError(EngineError):
+    """A prompt that leaves no room for a completion (or is over `max_prompt_tokens`).
+
+    `str()` starts with `context_length_exceeded:` (quarantine reasons and logs group by
+    it); `detail` is the sentence without that prefix (the HTTP error message). Clients
+    that keep only the message (eval) recognise it by "context length" / "accepts at most".
+    """
+
+    def __init__(self, detail: str, prompt_tokens: int, limit: int) -> None:
+        super().__init__(f"context_length_exceeded: {detail}")
+        self.detail, self.prompt_tokens, self.limit = detail, prompt_tokens, limit
+
+
 def truncate_at_stop(text: str, stop: list[str] | None) -> str:
     """`text` cut before the earliest occurrence of any stop string (OpenAI semantics)."""
     if not stop:
@@ -33,10 +51,10 @@ class HFEngine:
 
     `dtype`: "auto" (the checkpoint's dtype), "float32", "bfloat16" or "float16".
     `batch_size`: requests per forward batch (each expands to `n` sequences).
-    `max_prompt_tokens`: if set, longer prompts keep their last `max_prompt_tokens` tokens
-    (counted in `truncated_prompts`); if None, a prompt that does not fit the model's
-    context (`max_position_embeddings`) raises `EngineError`. New tokens are capped so
-    prompt + completion fits the context.
+    `max_prompt_tokens`: if set, a longer prompt raises `ContextLengthError` (an
+    `EngineError`); so does any prompt of `context` tokens or more (`max_position_embeddings`):
+    prompts are never truncated. Each prompt gets `min(max_tokens, context - its length)`
+    new tokens, independent of the other prompts of its batch.
 
     Sampling (`temperature > 0`) is seeded per batch with `seed + batch index` inside a
     forked RNG (the caller's global torch RNG is untouched), so a call is reproducible
@@ -67,7 +85,6 @@ class HFEngine:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
-        self.truncated_prompts = 0
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except Exception as exc:
@@ -125,24 +142,37 @@ class HFEngine:
             ) from exc
 
     def encode(self, request: ChatRequest, max_tokens: int) -> list[int]:
-        """Token ids of one rendered prompt, left-truncated or rejected as documented."""
+        """Token ids of one rendered prompt. Raises `ContextLengthError` (never truncates)
+        when it has more than `max_prompt_tokens` tokens or leaves no room in the context."""
         ids = list(self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"])
+        who = f"request {request.request_id!r}: " if request.request_id else ""
         if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
-            # Keep the end: the latest turns and the generation prompt matter most.
-            ids = ids[-self.max_prompt_tokens :]
-            self.truncated_prompts += 1
+            raise ContextLengthError(
+                f"{who}the prompt has {len(ids)} tokens; max_prompt_tokens accepts at most "
+                f"{self.max_prompt_tokens} (the model's context length is {self.max_length})",
+                len(ids),
+                self.max_prompt_tokens,
+            )
         if len(ids) >= self.max_length:
-            raise EngineError(
-                f"request {request.request_id!r}: prompt has {len(ids)} tokens, the model's "
-                f"context is {self.max_length}; set max_prompt_tokens to truncate"
+            raise ContextLengthError(
+                f"{who}the prompt has {len(ids)} tokens; the model's context length is "
+                f"{self.max_length} tokens, which leaves no room for a completion",
+                len(ids),
+                self.max_length,
             )
         return ids
+
+    def budget(self, prompt_len: int, max_tokens: int) -> int:
+        """New tokens a prompt of `prompt_len` tokens gets: `max_tokens`, or less where the
+        context ends first (≥ 1 for any prompt `encode` accepts)."""
+        return max(1, min(max_tokens, self.max_length - prompt_len))
 
     # -- generation ------------------------------------------------------------------------
 
     def _generate_batch(
         self, prompts: list[list[int]], params: GenerationParams, batch_index: int
     ) -> list[list[str]]:
+        """One `generate` call; `generate` only batches prompts with the same budget."""
         width = max(len(p) for p in prompts)
         # Left padding: every prompt ends at the same position, so new tokens line up.
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
@@ -154,7 +184,7 @@ class HFEngine:
         # num_return_sequences > 1 without sampling).
         per_prompt = 1 if params.greedy else params.n
         kwargs: dict[str, Any] = {
-            "max_new_tokens": max(1, min(params.max_tokens, self.max_length - width)),
+            "max_new_tokens": self.budget(width, params.max_tokens),
             "num_return_sequences": per_prompt,
             "pad_token_id": self.pad_token_id,
             "eos_token_id": self.eos_token_ids,
@@ -189,10 +219,23 @@ class HFEngine:
             return []
         prompts = [self.encode(r, params.max_tokens) for r in requests]
         # Batch prompts of similar length together (less padding); order restored below.
+        # Budgets only fall as length grows, so a batch is cut where its budget would
+        # change: a long prompt near the context never shortens a short one's completion.
         order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+        batches: list[list[int]] = []
+        for i in order:
+            budget = self.budget(len(prompts[i]), params.max_tokens)
+            last = batches[-1] if batches else None
+            if (
+                last is None
+                or len(last) >= self.batch_size
+                or self.budget(len(prompts[last[0]]), params.max_tokens) != budget
+            ):
+                batches.append([i])
+            else:
+                last.append(i)
         results: list[list[str]] = [[] for _ in requests]
-        for b, start in enumerate(range(0, len(order), self.batch_size)):
-            idx = order[start : start + self.batch_size]
+        for b, idx in enumerate(batches):
             for i, texts in zip(
                 idx, self._generate_batch([prompts[i] for i in idx], params, b), strict=True
             ):

@@ -11,30 +11,54 @@ Metrics per example:
 - `exact`: the multiset of predicted calls equals the gold one: order-insensitive (parallel
   calls), names equal, arguments equal as JSON values (`1 == 1.0`, `true != 1`, key order
   ignored), and no malformed `<tool_call>` block.
+- `name_acc`: the multiset of predicted tool names equals the gold one (the right tools,
+  whatever their arguments); `None` where there is no gold call list.
+- `parsed`: at least one parseable call came back (its mean is the `parse_rate`).
 - `ast`: BFCL's AST check against every acceptable answer (`ttpa_ray.score.ast_checker`),
   only where BFCL possible answers exist; `None` elsewhere.
 - `error_type`: `"ok"` when exact, else why not: the ESM reason (`wrong_name`,
   `value_mismatch`, `no_call`, `unknown_tool`, ...), `parse_error: ...` when the output
-  held only malformed blocks, or `request_error: ...` when no answer came back.
+  held only malformed blocks, `context_length_exceeded: ...` when the endpoint refused the
+  prompt as longer than its context (HTTP 400, code `context_length_exceeded`), or
+  `request_error: ...` when no answer came back for another reason.
 
 A failed request still counts: it is an example the endpoint did not answer, so it scores
-0 everywhere (otherwise a flaky endpoint would look better than a reliable one).
+0 everywhere (otherwise a flaky endpoint would look better than a reliable one). A prompt
+over the context is counted apart (`context_length_exceeded` in the metrics) because it
+says the suite does not fit the model, not that the model answered badly.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttpa_ray.schema.tool_call_text import parse_tool_calls, to_flat_calls
+from ttpa_ray.eval.stats import bootstrap_ci
+from ttpa_ray.schema.tool_call_text import parse_prediction
 from ttpa_ray.score.ast_checker import ast_check
 from ttpa_ray.score.esm import esm_breakdown
 
 OK = "ok"
 REQUEST_ERROR = "request_error"
 PARSE_ERROR = "parse_error"
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+# summary metric → results-row column (bools count 0/1); each gets a bootstrap interval
+METRIC_COLUMNS = {
+    "exact": "exact",
+    "esm": "esm",
+    "name_acc": "name_acc",
+    "parse_rate": "parsed",
+    "ast": "ast",
+}
+# The OpenAI client keeps only the error message: the code when the server puts it there,
+# else the wording of OpenAI/vLLM ("maximum context length") and of our endpoint.
+_CONTEXT_RE = re.compile(
+    r"context_length_exceeded|maximum context length|context length|accepts at most \d+",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -97,14 +121,14 @@ def exact_match(pred: list[dict[str, Any]], gold: list[dict[str, Any]]) -> bool:
     return Counter(map(call_key, pred)) == Counter(map(call_key, gold))
 
 
-def parse_prediction(text: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Model text → (flat calls, reasons of malformed blocks). Never raises."""
-    parsed = parse_tool_calls(text)
-    try:
-        calls = to_flat_calls(parsed.tool_calls)
-    except (KeyError, ValueError) as exc:  # cannot happen for parser output; stay total
-        return [], [*parsed.errors, f"bad_call: {exc}"]
-    return calls, parsed.errors
+def names_match(pred: list[dict[str, Any]], gold: list[dict[str, Any]]) -> bool:
+    """Same tool names as a multiset (arguments ignored)."""
+    return Counter(c.get("name") for c in pred) == Counter(c.get("name") for c in gold)
+
+
+def is_context_length_error(error: str) -> bool:
+    """Whether a failed request's error says the prompt did not fit the model's context."""
+    return bool(_CONTEXT_RE.search(error))
 
 
 def score_prediction(
@@ -123,25 +147,36 @@ def score_prediction(
     }
     if error is not None:
         applicable = gold is not None
+        kind = CONTEXT_LENGTH_EXCEEDED if is_context_length_error(error) else REQUEST_ERROR
         return row | {
             "esm": 0.0 if applicable else None,
             "exact": False if applicable else None,
+            "name_acc": False if applicable else None,
+            "parsed": False,
             "ast": False if example.ast_applicable else None,
-            "ast_error": REQUEST_ERROR if example.ast_applicable else None,
-            "error_type": f"{REQUEST_ERROR}: {error}",
+            "ast_error": kind if example.ast_applicable else None,
+            "error_type": f"{kind}: {error}",
             "pred": "",
             "pred_calls": "[]",
         }
     text = text or ""
     calls, parse_errors = parse_prediction(text)
-    row |= {"pred": text, "pred_calls": json.dumps(calls, ensure_ascii=False)}
+    row |= {
+        "pred": text,
+        "pred_calls": json.dumps(calls, ensure_ascii=False),
+        "parsed": bool(calls),
+    }
     if gold is None:
-        row |= {"esm": None, "exact": None}
+        row |= {"esm": None, "exact": None, "name_acc": None}
         error_type = OK if calls else "no_call"
     else:
         breakdown = esm_breakdown(calls, gold, example.tools)
         exact = exact_match(calls, gold) and not parse_errors
-        row |= {"esm": float(breakdown["score"]), "exact": exact}
+        row |= {
+            "esm": float(breakdown["score"]),
+            "exact": exact,
+            "name_acc": names_match(calls, gold),
+        }
         if exact:
             error_type = OK
         elif parse_errors and not calls:
@@ -186,17 +221,29 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run metrics from results rows: `n`, mean `esm`/`exact`/`ast` (over the rows where
-    each applies; None when none does), `errors` {kind: count} (every row not `ok`,
-    sorted by kind), `by_category` {category: {n, esm, exact, ast}} (sorted)."""
+def aggregate(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Run metrics from results rows.
+
+    `n`; the mean of every `METRIC_COLUMNS` metric (`esm`, `exact`, `name_acc`,
+    `parse_rate`, `ast`: over the rows where it applies; None when none does) and its 95%
+    percentile bootstrap interval `<metric>_ci` = [lo, hi] (`ttpa_ray.eval.stats`, seeded
+    by `seed`; None when the metric applies nowhere); `errors` {kind: count} (every row not
+    `ok`, sorted by kind); `context_length_exceeded` (requests refused as longer than the
+    context; also in `errors`); `by_category` {category: {n, esm, exact, ast}} (sorted).
+    """
     errors = Counter(error_kind(r["error_type"]) for r in rows if r["error_type"] != OK)
     buckets: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         for cat in r.get("categories") or [r["category"]]:
             buckets.setdefault(cat, []).append(r)
+    out: dict[str, Any] = _summary(rows)
+    for metric, col in METRIC_COLUMNS.items():
+        values = [r.get(col) for r in rows]
+        out[metric] = _mean(values)
+        out[f"{metric}_ci"] = bootstrap_ci(values, seed=seed)
     return {
-        **_summary(rows),
+        **out,
         "errors": dict(sorted(errors.items())),
+        CONTEXT_LENGTH_EXCEEDED: errors.get(CONTEXT_LENGTH_EXCEEDED, 0),
         "by_category": {cat: _summary(rs) for cat, rs in sorted(buckets.items())},
     }

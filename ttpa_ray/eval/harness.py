@@ -3,9 +3,11 @@
 `run_eval` writes into `out/`:
 
 - `results.parquet`: one row per example, in suite order (`RESULT_SCHEMA`).
-- `metrics.json`: `{"suite", "spec", "model", "endpoint", "n", "esm", "exact", "ast",
-  "errors", "by_category", "request_errors", "quarantined", ...suite facts}` (BFCL adds
-  `bfcl_eval_version` and `"mode": "FC"`; held-out adds `holdout_tools`).
+- `metrics.json`: `{"suite", "spec", "model", "endpoint", "n", "esm", "exact", "name_acc",
+  "parse_rate", "ast"` and their 95% bootstrap intervals `"<metric>_ci": [lo, hi]`,
+  `"errors", "context_length_exceeded", "by_category", "request_errors", "quarantined",
+  ...suite facts}` (BFCL adds `bfcl_eval_version` and `"mode": "FC"`; held-out adds
+  `holdout_tools` and `sampling`, see `ttpa_ray.eval.suites.load_heldout`).
 - `quarantine.parquet`: inputs the suite could not turn into examples (stage
   `eval.<suite>`), and requests that failed after retries (stage `eval.request`, raw =
   the request). A failed request is also a results row scored 0 (see
@@ -13,7 +15,8 @@
 - `manifest.json`: row accounting (`eval.<suite>`: inputs = examples + quarantined;
   `eval.request`: examples = answered + failed) and the settings.
 
-The pipeline lays runs out as `<eval_root>/<model>/<suite>/`; `summarize` reads that.
+The pipeline lays runs out as `<eval_root>/<model>/<suite>/`; `ttpa_ray.eval.summary.summarize`
+reads that.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import pyarrow as pa
 
 from ttpa_ray.eval.examples import Example, aggregate, score_prediction
 from ttpa_ray.eval.suites import Suite, load_suite
+from ttpa_ray.eval.summary import summarize
+
+__all__ = ["RESULT_SCHEMA", "run_eval", "run_requests", "suite_dir_name", "summarize"]
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -38,6 +44,8 @@ RESULT_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("esm", pa.float64()),
         ("exact", pa.bool_()),
+        ("name_acc", pa.bool_()),
+        ("parsed", pa.bool_()),
         ("ast", pa.bool_()),
         ("ast_error", pa.string()),
         ("error_type", pa.string()),
@@ -122,19 +130,27 @@ def run_eval(
     temperature: float = 0.0,
     limit: int | None = None,
     distractors: int | None = None,
+    seed: int = 0,
+    max_turns: int | None = None,
     max_retries: int = 3,
     timeout_s: float = 60.0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `model` served at `endpoint` (base URL ending before `/chat/completions`,
     e.g. `http://127.0.0.1:8000/v1`) on `suite`; write the files listed in the module doc
-    into `out` and return the metrics. Raises ValueError when the suite has no example."""
+    into `out` and return the metrics. Raises ValueError when the suite has no example.
+
+    Held-out suite: `limit` turns sampled with `seed` from the turns with index <
+    `max_turns` (`ttpa_ray.eval.suites.load_heldout`); `seed` also seeds the bootstrap
+    intervals."""
     from ttpa_ray.engines.base import GenerationParams
     from ttpa_ray.engines.openai_engine import OpenAIEngine
     from ttpa_ray.schema.io import StageCounts, write_manifest, write_quarantine, write_rows
     from ttpa_ray.schema.records import QuarantineRecord
 
-    loaded: Suite = load_suite(suite, limit=limit, distractors=distractors)
+    loaded: Suite = load_suite(
+        suite, limit=limit, distractors=distractors, seed=seed, max_turns=max_turns
+    )
     if not loaded.examples:
         reasons = sorted({q.reason.split(":")[0] for q in loaded.quarantine})
         detail = f" ({len(loaded.quarantine)} quarantined: {', '.join(reasons)})" if reasons else ""
@@ -183,7 +199,7 @@ def run_eval(
         "spec": suite,
         "model": model,
         "endpoint": endpoint,
-        **aggregate(rows),
+        **aggregate(rows, seed=seed),
         "request_errors": failed,
         "quarantined": len(quarantine),
         "seconds": seconds,
@@ -205,20 +221,8 @@ def run_eval(
         "temperature": temperature,
         "limit": limit,
         "distractors": distractors,
+        "seed": seed,
+        "max_turns": max_turns,
     }
     write_manifest(out, counts, config=config, extra={"metrics": "metrics.json"})
     return metrics
-
-
-def summarize(eval_root: Path, suite: str = "heldout") -> dict[str, dict[str, Any]]:
-    """`{model: {"esm", "exact", "ast"}}` from `<eval_root>/<model>/<suite>/metrics.json`
-    for every model that has that suite, sorted by model name (what the pipeline writes as
-    `RUN_DIR/eval/summary.json`). Raises FileNotFoundError if `eval_root` is missing."""
-    root = Path(eval_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no eval runs at {root}")
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted(root.glob(f"*/{suite}/metrics.json")):
-        metrics = json.loads(path.read_text())
-        out[path.parent.parent.name] = {k: metrics.get(k) for k in ("esm", "exact", "ast")}
-    return out

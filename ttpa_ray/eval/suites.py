@@ -4,9 +4,11 @@ Specs (`<kind>:<argument>`):
 
 - `heldout:<construct_out_dir>`: the test split of a construct run
   (`<dir>/episodes/test.parquet`), one example per tool-call turn
-  (`ttpa_ray.sample.turns.episode_turns`). Categories: `seen_tools` or `heldout_tools`
-  (a gold call names a tool in the manifest's `holdout_tools`, never seen in training),
-  and `single_call` or `multi_call` (parallel calls in the turn).
+  (`ttpa_ray.sample.turns.episode_turns`), the turns TPS samples (`max_turns`); `limit`
+  draws a seeded stratified sample of them (`load_heldout`). Categories: `seen_tools` or
+  `heldout_tools` (a gold call names a tool in the manifest's `holdout_tools`, never seen
+  in training), `single_call` or `multi_call` (parallel calls in the turn), and `turn_<k>`
+  (the k-th tool-call turn of its episode, from 0).
 - `bfcl:<cat1,cat2,...>` (`bfcl:` or `bfcl:all` for every single-turn AST category of
   the installed `bfcl-eval`): BFCL in FC mode: the function docs, normalised to OpenAI
   tools (`ttpa_ray.tools.bfcl`), are sent as `tools`; AST accuracy against every possible
@@ -15,13 +17,16 @@ Specs (`<kind>:<argument>`):
   ESM/exact do not apply).
 - `toolbench:<file>`: ToolBench-format records (`ttpa_ray.eval.toolbench`).
 
-`limit` keeps the first `limit` examples of each BFCL category, or of the whole suite for
-the others; inputs dropped by it are neither examples nor quarantined.
+`limit` keeps the first `limit` examples of each BFCL category or of a ToolBench file, and
+samples `limit` held-out turns; inputs dropped by it are neither examples nor quarantined.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,8 @@ SINGLE_CALL, MULTI_CALL = "single_call", "multi_call"
 # BFCL categories whose entries expect no call / some call but carry no possible answer.
 BFCL_NO_CALL = ("irrelevance", "live_irrelevance")
 BFCL_ANY_CALL = ("live_relevance",)
+
+log = logging.getLogger("ttpa_ray")
 
 
 @dataclass
@@ -66,13 +73,69 @@ def _call_count(calls: list[dict[str, Any]]) -> str:
     return SINGLE_CALL if len(calls) == 1 else MULTI_CALL
 
 
+def proportional_allocation(sizes: dict[Any, int], n: int) -> dict[Any, int]:
+    """How many of `n` draws each stratum gets: proportional to its size, rounded by
+    largest remainder (Hamilton), ties broken by stratum key order; exact integer
+    arithmetic, so the counts sum to `min(n, total)` and never exceed a stratum's size.
+    A stratum smaller than `total / n` may get 0."""
+    total = sum(sizes.values())
+    if n >= total:
+        return dict(sizes)
+    base = {k: n * size // total for k, size in sizes.items()}
+    left = n - sum(base.values())
+    by_remainder = sorted(sizes, key=lambda k: (-(n * sizes[k] % total), k))
+    for k in by_remainder[:left]:
+        base[k] += 1
+    return base
+
+
+def stratified_sample(strata: Sequence[Hashable], n: int | None, seed: int) -> list[int]:
+    """Indices of a stratified random sample of `n` items whose stratum keys are `strata`
+    (sortable keys), in index order. Proportional allocation (`proportional_allocation`),
+    then a simple random sample in each stratum, strata visited in key order with one
+    `random.Random(seed)`: the same inputs and seed give the same sample. `n=None` or
+    `n >= len(strata)` takes every item."""
+    if n is None or n >= len(strata):
+        return list(range(len(strata)))
+    members: dict[Any, list[int]] = {}
+    for i, key in enumerate(strata):
+        members.setdefault(key, []).append(i)
+    quota = proportional_allocation({k: len(v) for k, v in members.items()}, n)
+    rng = random.Random(seed)
+    chosen = [i for k in sorted(members) for i in rng.sample(members[k], quota[k])]
+    return sorted(chosen)
+
+
+def call_turn_index(prompt: list[dict[str, Any]]) -> int:
+    """k of a turn: how many tool-call turns of its episode come before it (0 for the
+    first), counted from the assistant calls in its prompt (prompt fitting omits tool
+    results, never assistant turns)."""
+    return sum(1 for m in prompt if m.get("role") == "assistant" and m.get("tool_calls"))
+
+
 def load_heldout(
-    construct_dir: str | Path, distractors: int | None = None
+    construct_dir: str | Path,
+    distractors: int | None = None,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    max_turns: int | None = None,
 ) -> tuple[list[Example], list[QuarantineRecord], dict[str, Any]]:
-    """Tool-call turns of the test split of a construct run, in file and turn order."""
+    """Tool-call turns of the test split of a construct run: the pool is every turn with
+    k < `max_turns` (the range TPS samples: `sample.max_turns_per_episode`; None: all);
+    `n` draws a sample of it stratified by (seen vs held-out tools, k) with proportional
+    allocation, seeded by `seed` (`stratified_sample`); `n=None` keeps the whole pool.
+    Examples come in file and turn order.
+
+    A pool smaller than `n` is taken whole, with a warning; `info["sampling"]` records
+    `requested`, `pool`, `n`, `seed`, `max_turns`, `took_all` and per stratum
+    (`"<seen_tools|heldout_tools>/k<k>"`) its `pool` and `n`.
+    """
     from ttpa_ray.sample.turns import episode_turns
     from ttpa_ray.schema.io import read_rows
 
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     root = Path(construct_dir)
     path = root / "episodes" / "test.parquet"
     if not path.exists():
@@ -80,27 +143,54 @@ def load_heldout(
     manifest_path = root / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     holdout = set(manifest.get("holdout_tools") or [])
-    examples: list[Example] = []
+    pool: list[Example] = []
+    strata: list[tuple[str, int]] = []
     bad: list[QuarantineRecord] = []
     for row in read_rows(path):
-        turns, rejected = episode_turns(row, None, distractors)
+        turns, rejected = episode_turns(row, max_turns, distractors)
         bad += [QuarantineRecord("eval.heldout", q.row_id, q.reason, q.raw) for q in rejected]
         for t in turns:
             called = {c["name"] for c in t.gold_calls}
-            examples.append(
+            tools_kind = HELDOUT_TOOLS if called & holdout else SEEN_TOOLS
+            k = call_turn_index(t.prompt)
+            strata.append((tools_kind, k))
+            pool.append(
                 Example(
                     id=t.id,
-                    categories=(
-                        HELDOUT_TOOLS if called & holdout else SEEN_TOOLS,
-                        _call_count(t.gold_calls),
-                    ),
+                    categories=(tools_kind, _call_count(t.gold_calls), f"turn_{k}"),
                     messages=t.prompt,
                     tools=t.tools,
                     gold_calls=t.gold_calls,
-                    meta={"episode_id": t.episode_id, "turn_index": t.turn_index},
+                    meta={"episode_id": t.episode_id, "turn_index": t.turn_index, "k": k},
                 )
             )
-    return examples, bad, {"holdout_tools": sorted(holdout), "construct_dir": str(root)}
+    keep = stratified_sample(strata, n, seed)
+    examples = [pool[i] for i in keep]
+    if n is not None and len(pool) < n:
+        log.warning(
+            "held-out suite: the pool has %d turns (k < %s), fewer than the %d asked: "
+            "evaluating all of them",
+            len(pool),
+            max_turns,
+            n,
+        )
+    per_stratum: dict[str, dict[str, int]] = {}
+    for kind, k in strata:
+        per_stratum.setdefault(f"{kind}/k{k}", {"pool": 0, "n": 0})["pool"] += 1
+    for i in keep:
+        kind, k = strata[i]
+        per_stratum[f"{kind}/k{k}"]["n"] += 1
+    sampling = {
+        "requested": n,
+        "pool": len(pool),
+        "n": len(examples),
+        "seed": seed,
+        "max_turns": max_turns,
+        "took_all": len(examples) == len(pool),
+        "strata": dict(sorted(per_stratum.items())),
+    }
+    info = {"holdout_tools": sorted(holdout), "construct_dir": str(root), "sampling": sampling}
+    return examples, bad, info
 
 
 def bfcl_gold_calls(entry: Any) -> list[dict[str, Any]]:
@@ -166,15 +256,24 @@ def load_bfcl_suite(
     return examples, bad, info
 
 
-def load_suite(spec: str, *, limit: int | None = None, distractors: int | None = None) -> Suite:
-    """Load a suite spec (see the module doc). Raises ValueError / FileNotFoundError for a
-    spec that cannot be read; an empty result is the caller's business."""
+def load_suite(
+    spec: str,
+    *,
+    limit: int | None = None,
+    distractors: int | None = None,
+    seed: int = 0,
+    max_turns: int | None = None,
+) -> Suite:
+    """Load a suite spec (see the module doc). `seed` and `max_turns` apply to the held-out
+    suite only (`load_heldout`). Raises ValueError / FileNotFoundError for a spec that
+    cannot be read; an empty result is the caller's business."""
     kind, arg = parse_spec(spec)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if kind == "heldout":
-        examples, bad, info = load_heldout(arg, distractors)
-        examples = examples[:limit]
+        examples, bad, info = load_heldout(
+            arg, distractors, n=limit, seed=seed, max_turns=max_turns
+        )
     elif kind == "bfcl":
         from ttpa_ray.tools import bfcl
 

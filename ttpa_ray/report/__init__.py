@@ -2,7 +2,7 @@
 
 from ttpa_ray.report import build_report, headline
 path = build_report("runs/x")   # runs/x/report/index.html
-print(headline("runs/x"))       # models × mean ESM / exact / AST on the held-out suite
+print(headline("runs/x"))       # models × exact / ESM / name acc. / parse rate with intervals
 """
 
 from ttpa_ray.report.build import build_report, headline, render

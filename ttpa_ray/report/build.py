@@ -15,19 +15,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ttpa_ray.report.cluster import sec_cluster
 from ttpa_ray.report.common import (
+    BEST_RULE,
+    HEADLINE_METRICS,
     HEADLINE_SUITE,
     METRICS,
     MODELS,
+    PAIRED_METRICS,
+    SUMMARY_RESERVED,
     MissingInput,
     Run,
-    _best_cells,
+    _dict,
     _num,
     _order_models,
+    best_model,
+    with_ci,
 )
 from ttpa_ray.report.html import esc, fmt, not_available, note, page, table
 from ttpa_ray.report.sections_data import _sec_construct, _sec_pipeline
@@ -40,9 +47,10 @@ __all__ = [
     "SECTIONS",
     "MissingInput",
     "Run",
+    "Headline",
     "build_report",
     "headline",
-    "headline_rows",
+    "load_headline",
     "render",
 ]
 
@@ -52,9 +60,21 @@ log = logging.getLogger("ttpa_ray")
 # -- headline ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Headline:
+    """The held-out comparison: per model its metrics (`summary.json` entry or
+    `metrics.json`), the paired differences, how the suite was sampled, and the source."""
+
+    entries: dict[str, dict[str, Any]]
+    paired: dict[str, Any]
+    sampling: dict[str, Any] | None
+    source: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
 def _summary_entry(entry: Any) -> dict[str, Any] | None:
-    """One model's metrics from summary.json: flat {esm, exact, ast}, or per suite (held-out
-    preferred)."""
+    """One model's metrics from summary.json: flat {esm, exact, ast, ...}, or per suite
+    (held-out preferred)."""
     if not isinstance(entry, dict):
         return None
     if any(k in entry for k in ("esm", "exact", "ast")):
@@ -68,76 +88,185 @@ def _summary_entry(entry: Any) -> dict[str, Any] | None:
     return None
 
 
-def headline_rows(run: Run) -> tuple[list[tuple[str, Any, Any, Any]], str]:
-    """(model, esm, exact, ast) rows and the file they came from: `eval/summary.json`, else
-    each model's `eval/<model>/heldout/metrics.json`. Raises MissingInput if neither exists."""
+def load_headline(run: Run) -> Headline:
+    """The headline's inputs: `eval/summary.json`, else each model's
+    `eval/<model>/heldout/metrics.json` (no paired differences then). Raises MissingInput
+    if neither exists."""
     try:
         summary = run.json("eval/summary.json")
-        rows = []
         if isinstance(summary, dict):
             models = summary.get("models", summary)
-            for m in _order_models(k for k in models if isinstance(k, str)):
+            names = [k for k in models if isinstance(k, str) and k not in SUMMARY_RESERVED]
+            entries = {}
+            for m in _order_models(names):
                 e = _summary_entry(models[m])
                 if e is not None:
-                    rows.append((m, e.get("esm"), e.get("exact"), e.get("ast")))
-        if rows:
-            return rows, "eval/summary.json"
+                    entries[m] = e
+            if entries:
+                return Headline(
+                    entries,
+                    _dict(summary.get("paired")),
+                    summary.get("sampling") if isinstance(summary.get("sampling"), dict) else None,
+                    "eval/summary.json",
+                    summary,
+                )
     except MissingInput:
         pass
-    rows = []
+    entries = {}
+    sampling = None
     eval_dir = run.path("eval")
     names = [p.name for p in eval_dir.iterdir() if p.is_dir()] if eval_dir.is_dir() else []
     for m in _order_models(names):
-        rel = f"eval/{m}/{HEADLINE_SUITE}/metrics.json"
         try:
-            mj = run.json(rel)
+            mj = run.json(f"eval/{m}/{HEADLINE_SUITE}/metrics.json")
         except MissingInput:
             continue
-        rows.append((m, mj.get("esm"), mj.get("exact"), mj.get("ast")))
-    if not rows:
+        if isinstance(mj, dict):
+            entries[m] = mj
+            sampling = sampling or (
+                mj.get("sampling") if isinstance(mj.get("sampling"), dict) else None
+            )
+    if not entries:
         raise MissingInput("eval/summary.json")
-    return rows, f"eval/<model>/{HEADLINE_SUITE}/metrics.json"
+    return Headline(entries, {}, sampling, f"eval/<model>/{HEADLINE_SUITE}/metrics.json", entries)
+
+
+def _headline_table(h: Headline) -> tuple[list[str], list[list[str]], set[tuple[int, int]]]:
+    """(header, cells, best positions) of the models × metrics table; a metric no model has
+    (AST on the held-out suite) is left out."""
+    metrics = [
+        (key, label)
+        for key, label in HEADLINE_METRICS
+        if key in ("exact", "esm") or any(_num(e.get(key)) is not None for e in h.entries.values())
+    ]
+    models = list(h.entries)
+    best = {key: best_model(h.entries, key, h.paired) for key, _ in metrics}
+    cells, marked = [], set()
+    for i, m in enumerate(models):
+        e = h.entries[m]
+        row = [m, fmt(e.get("n"))]
+        for j, (key, _) in enumerate(metrics):
+            row.append(with_ci(e.get(key), e.get(f"{key}_ci")))
+            if best[key] == m:
+                marked.add((i, j + 2))
+        cells.append(row)
+    return ["model", "n", *(label for _, label in metrics)], cells, marked
+
+
+def _paired_table(h: Headline) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for key, d in h.paired.items():
+        if not isinstance(d, dict):
+            continue
+        a, b = d.get("a"), d.get("b")
+        label = f"{a} − {b}" if a and b else str(key)
+        rows.append(
+            [
+                label,
+                fmt(d.get("n")),
+                *(
+                    with_ci(
+                        d.get(f"{m}_diff"),
+                        d.get("ci") if m == "exact" else d.get(f"{m}_ci"),
+                        signed=True,
+                    )
+                    for m in PAIRED_METRICS
+                ),
+            ]
+        )
+    labels = dict(HEADLINE_METRICS)
+    return ["pair (a − b)", "n", *(labels[m] for m in PAIRED_METRICS)], rows
+
+
+def _sampling_text(s: dict[str, Any] | None) -> str | None:
+    if not s:
+        return None
+    turns = f"k < {s['max_turns']}" if s.get("max_turns") else "every turn index"
+    pool, n, asked = s.get("pool"), s.get("n"), s.get("requested")
+    if asked is None:
+        return f"held-out suite: all {pool} tool-call turns of the test split ({turns})"
+    if isinstance(pool, int) and isinstance(asked, int) and pool < asked:
+        return (
+            f"held-out suite: all {pool} tool-call turns of the test split ({turns}): "
+            f"fewer than the {asked} asked"
+        )
+    return (
+        f"held-out suite: {n} of {pool} tool-call turns of the test split ({turns}), "
+        f"stratified by seen/held-out tools and turn index k, seed {s.get('seed')}"
+    )
+
+
+def _context_text(h: Headline) -> str | None:
+    over = {m: e.get("context_length_exceeded") for m, e in h.entries.items()}
+    over = {m: v for m, v in over.items() if isinstance(v, int) and v > 0}
+    if not over:
+        return None
+    counts = ", ".join(f"{m} {v}" for m, v in over.items())
+    return f"prompts over the model's context (context_length_exceeded, scored 0): {counts}"
+
+
+def _warning(h: Headline) -> str | None:
+    from ttpa_ray.eval.summary import sft_warning
+
+    return sft_warning(h.entries)
 
 
 def headline(run_dir: str | Path) -> str:
-    """The headline table (models × mean ESM, exact-call and AST accuracy on the held-out
-    suite) as plain text; `*` marks the best value per column."""
+    """The headline table as plain text: models × exact-call accuracy, mean ESM, tool-name
+    accuracy and parse rate on the held-out suite with 95% bootstrap intervals and `n`
+    (`*` marks a best value that is not a tie, `BEST_RULE`), the paired differences, how
+    the suite was sampled, and the SFT parse-rate warning when it applies."""
     run = Run(Path(run_dir))
     try:
-        rows, source = headline_rows(run)
+        h = load_headline(run)
     except MissingInput as e:
         return f"headline: not available: {e.rel}" + (f" ({e.why})" if e.why else "")
-    bold = _best_cells(rows, [1, 2, 3])
-    header = ["model", *(label for _, label in METRICS)]
+    header, cells, marked = _headline_table(h)
     cells = [
-        [str(r[0])]
-        + [
-            ("n/a" if _num(r[c]) is None else fmt(_num(r[c])) + ("*" if (i, c) in bold else ""))
-            for c in (1, 2, 3)
-        ]
-        for i, r in enumerate(rows)
+        [c + ("*" if (i, j) in marked else "") for j, c in enumerate(row)]
+        for i, row in enumerate(cells)
     ]
+    out = [
+        f"TTPA headline: {HEADLINE_SUITE} suite ({h.source}); 95% bootstrap intervals",
+        *_text_table(header, cells),
+    ]
+    p_header, p_rows = _paired_table(h)
+    if p_rows:
+        out += ["paired differences on the same examples:", *_text_table(p_header, p_rows)]
+    out += [t for t in (_sampling_text(h.sampling), _context_text(h)) if t]
+    out.append(f"(* {BEST_RULE})")
+    if warning := _warning(h):
+        out.append(warning)
+    return "\n".join(out)
+
+
+def _text_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(header[j]), *(len(c[j]) for c in cells)) for j in range(len(header))]
 
     def line(vals: Sequence[str]) -> str:
         return "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
 
-    out = [
-        f"TTPA headline: {HEADLINE_SUITE} suite ({source})",
-        line(header),
-        line(["-" * w for w in widths]),
-        *(line(c) for c in cells),
-        "(* best per column)",
-    ]
-    return "\n".join(out)
+    return [line(header), line(["-" * w for w in widths]), *(line(c) for c in cells)]
 
 
 def _sec_headline(run: Run) -> str:
-    rows, source = headline_rows(run)
-    bold = _best_cells(rows, [1, 2, 3])
-    return str(
-        note(f"{HEADLINE_SUITE} suite, from {source}; best value per column in bold.")
-    ) + table(["model", *(label for _, label in METRICS)], rows, bold=bold, cls="headline")
+    h = load_headline(run)
+    header, cells, marked = _headline_table(h)
+    parts = [
+        note(f"{HEADLINE_SUITE} suite, from {h.source}; values with 95% bootstrap intervals."),
+        table(header, cells, bold=marked, cls="headline"),
+    ]
+    p_header, p_rows = _paired_table(h)
+    if p_rows:
+        parts += [
+            note("Paired differences a − b on the same examples (95% bootstrap interval):"),
+            table(p_header, p_rows, cls="paired"),
+        ]
+    parts += [note(t + ".") for t in (_sampling_text(h.sampling), _context_text(h)) if t]
+    parts.append(note(f"Bold: {BEST_RULE}."))
+    if warning := _warning(h):
+        parts.append(note(warning, cls="warn"))
+    return "".join(str(p) for p in parts)
 
 
 # -- assembly ----------------------------------------------------------------------------------

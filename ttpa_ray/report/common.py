@@ -15,6 +15,21 @@ from ttpa_ray.report.html import Markup, esc, fmt, table
 MODELS = ("sft", "dpo_response", "ttpa")  # the pipeline's models, in report order
 HEADLINE_SUITE = "heldout"
 METRICS = (("esm", "mean ESM"), ("exact", "exact-call acc."), ("ast", "AST acc."))
+# the headline's metrics, exact-call accuracy first (DESIGN §7); AST only where it applies
+HEADLINE_METRICS = (
+    ("exact", "exact-call acc."),
+    ("esm", "mean ESM"),
+    ("name_acc", "tool-name acc."),
+    ("parse_rate", "parse rate"),
+    ("ast", "AST acc."),
+)
+PAIRED_METRICS = ("exact", "esm", "name_acc", "parse_rate")
+SUMMARY_RESERVED = ("paired", "sampling")  # summary.json keys that are not models
+BEST_RULE = (
+    "best = the highest value, marked only when it is not a tie: its paired difference to "
+    "every other model has a 95% interval above 0 (without a paired difference: its interval "
+    "lies above the other's)"
+)
 
 
 class MissingInput(Exception):
@@ -114,6 +129,74 @@ def _best_cells(rows: Sequence[Sequence[Any]], cols: Sequence[int]) -> set[tuple
         top = max(present)
         bold |= {(i, c) for i, v in vals if v is not None and math.isclose(v, top, abs_tol=1e-12)}
     return bold
+
+
+def _interval(v: Any) -> tuple[float, float] | None:
+    if isinstance(v, list | tuple) and len(v) == 2:
+        lo, hi = _num(v[0]), _num(v[1])
+        if lo is not None and hi is not None:
+            return lo, hi
+    return None
+
+
+def with_ci(value: Any, ci: Any, signed: bool = False) -> str:
+    """`0.412 [0.365, 0.460]` (`+0.088 [+0.040, +0.135]` when `signed`); the value alone
+    without an interval; `n/a` without a value."""
+    v = _num(value)
+    if v is None:
+        return "n/a"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    iv = _interval(ci)
+    return f.format(v) + (f" [{f.format(iv[0])}, {f.format(iv[1])}]" if iv else "")
+
+
+def paired_ci(paired: dict[str, Any], a: str, b: str, metric: str) -> tuple[float, float] | None:
+    """The 95% interval of a − b on `metric` from summary.json's `paired` (entries `"a-b"`,
+    or `"b-a"` negated); None when neither is there. Exact-call accuracy's interval is
+    `ci` (the issue's shape), the others' `<metric>_ci`."""
+    for key, sign in ((f"{a}-{b}", 1.0), (f"{b}-{a}", -1.0)):
+        entry = paired.get(key)
+        if not isinstance(entry, dict):
+            continue
+        iv = _interval(entry.get(f"{metric}_ci"))
+        if iv is None and metric == "exact":
+            iv = _interval(entry.get("ci"))
+        if iv is not None:
+            lo, hi = sorted((sign * iv[0], sign * iv[1]))
+            return lo, hi
+    return None
+
+
+def best_model(
+    entries: dict[str, dict[str, Any]], metric: str, paired: dict[str, Any] | None = None
+) -> str | None:
+    """The model whose `metric` is best and not a tie (`BEST_RULE`), else None.
+
+    The leader is the unique highest value (an equal second: tie). It is best only when,
+    against every other model with a value, the paired difference leader − other has a 95%
+    interval with lower bound > 0, or, where no paired difference exists, its own interval's
+    lower bound is above the other's upper bound (non-overlap: stricter). Missing intervals,
+    or a single model, mark nothing: a point estimate alone is not a claim."""
+    vals = {m: _num(e.get(metric)) for m, e in entries.items()}
+    present = {m: v for m, v in vals.items() if v is not None}
+    if len(present) < 2:
+        return None
+    leader = max(present, key=lambda m: present[m])
+    top = present[leader]
+    others = [m for m in present if m != leader]
+    if any(math.isclose(present[m], top, abs_tol=1e-12) for m in others):
+        return None
+    own = _interval(entries[leader].get(f"{metric}_ci"))
+    for m in others:
+        diff = paired_ci(paired or {}, leader, m, metric)
+        if diff is not None:
+            if diff[0] <= 0:
+                return None
+            continue
+        theirs = _interval(entries[m].get(f"{metric}_ci"))
+        if own is None or theirs is None or own[0] <= theirs[1]:
+            return None
+    return leader
 
 
 def _accounting(

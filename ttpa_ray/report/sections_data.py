@@ -1,12 +1,22 @@
 """The report's data sections: pipeline stages (timing, row accounting, config from
-`pipeline.json`) and dataset construction (`construct/manifest.json`, `construct/card.md`)."""
+`pipeline.json`), dataset construction (`construct/manifest.json`, `construct/card.md`),
+and what the TPS pairs decide (`sample/manifest.json`; shown in the sampling section)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ttpa_ray.report import plots
-from ttpa_ray.report.common import MissingInput, Run, _accounting, _compact, _num, _stages_list
+from ttpa_ray.report.common import (
+    MissingInput,
+    Run,
+    _accounting,
+    _compact,
+    _dict,
+    _num,
+    _stages_list,
+)
 from ttpa_ray.report.html import esc, fmt, kv_table, markdown, not_available, note, table
 
 
@@ -109,4 +119,47 @@ def _sec_construct(run: Run) -> str:
         parts.append('<div class="card">' + markdown(card, run.path("construct")) + "</div>")
     else:
         parts.append(not_available("construct/card.md"))
+    return "\n".join(str(p) for p in parts)
+
+
+def sec_pair_decisions(m: Any) -> str:
+    """What the TPS pairs teach, from `sample/manifest.json`: where branch pairs diverge
+    by token class (`branch_divergence`) and how often the best sample reached the pair
+    threshold (`best_at_threshold_share`: chosen = a sample, else gold). Rendered inside
+    the sampling section."""
+    if not isinstance(m, dict):
+        return ""
+    parts: list[str] = ["<h3>What the pairs decide</h3>"]
+    share = _num(m.get("best_at_threshold_share"))
+    if share is not None:
+        threshold = _dict(m.get("config")).get("threshold")
+        at = f" ≥ {threshold}" if threshold is not None else " at the pair threshold"
+        parts.append(
+            note(
+                f"best sample scored{at} (chosen = a sample, not gold) in {100 * share:.1f}% "
+                f"of sampled turns ({_compact(m.get('turns_best_at_threshold'))} turns)"
+            )
+        )
+    hist = _dict(m.get("branch_divergence"))
+    total = sum(_num(v) or 0.0 for v in hist.values())
+    if total > 0:
+        classes = list(hist)
+        shares = [(_num(hist[c]) or 0.0) / total for c in classes]
+        parts += [
+            table(
+                ["first diverging token", "branch pairs", "share"],
+                [(c, hist[c], s) for c, s in zip(classes, shares, strict=True)],
+            ),
+            plots.grouped_bars(
+                classes,
+                {"branch pairs": shares},
+                title="Where branch pairs diverge",
+                ylabel="share of branch pairs",
+                alt="share of branch pairs by the class of their first diverging token",
+            ),
+        ]
+    elif m.get("branch_divergence_error"):
+        parts.append(note(f"branch divergence: {m['branch_divergence_error']}", cls="na"))
+    else:
+        parts.append(note("no branch pairs: no divergence histogram"))
     return "\n".join(str(p) for p in parts)

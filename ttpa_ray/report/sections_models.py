@@ -9,20 +9,24 @@ from typing import Any
 
 from ttpa_ray.report import plots
 from ttpa_ray.report.common import (
+    BEST_RULE,
+    HEADLINE_METRICS,
     HEADLINE_SUITE,
     METRICS,
     MODELS,
     MissingInput,
     Run,
     _accounting,
-    _best_cells,
     _compact,
     _dict,
     _mean,
     _num,
     _order_models,
+    best_model,
+    with_ci,
 )
 from ttpa_ray.report.html import esc, kv_table, not_available, note, table
+from ttpa_ray.report.sections_data import sec_pair_decisions
 
 
 def _series(recs: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -136,6 +140,7 @@ def _sec_sampling(run: Run) -> str:
                 [s for s in m["stages"] if isinstance(s, dict)], "stage", with_seconds=True
             )
             parts += ["<h3>Steps: row accounting</h3>", acct]
+        parts.append(sec_pair_decisions(m))
 
     parts.append("<h3>Candidates</h3>")
     try:
@@ -269,14 +274,20 @@ def _metrics_from_results(res: dict[str, list[Any]]) -> dict[str, Any]:
         for e in res.get("error_type", [])
         if e not in (None, "", "none", "ok")
     )
-    return {
-        "n": n,
-        "esm": _mean(esm),
-        "exact": _mean(exact),
-        "ast": _mean(ast),
-        "errors": dict(errors),
-        "by_category": by_cat,
-    }
+    from ttpa_ray.eval.stats import bootstrap_ci
+
+    out: dict[str, Any] = {"n": n}
+    for key, col in (
+        ("exact", "exact"),
+        ("esm", "esm"),
+        ("name_acc", "name_acc"),
+        ("parse_rate", "parsed"),
+        ("ast", "ast"),
+    ):
+        vals = [v for v in res.get(col, []) if _num(v) is not None]
+        out[key] = _mean(vals)
+        out[f"{key}_ci"] = bootstrap_ci(vals) if vals else None
+    return out | {"errors": dict(errors), "by_category": by_cat}
 
 
 def _sec_eval(run: Run) -> str:
@@ -294,7 +305,8 @@ def _sec_eval(run: Run) -> str:
             res = None
             try:
                 res = run.parquet(
-                    f"{base}/results.parquet", ["category", "esm", "exact", "ast", "error_type"]
+                    f"{base}/results.parquet",
+                    ["category", "esm", "exact", "name_acc", "parsed", "ast", "error_type"],
                 )
                 esm_vals[m] = [float(v) for v in res.get("esm", []) if _num(v) is not None]
             except MissingInput as e:
@@ -312,23 +324,33 @@ def _sec_eval(run: Run) -> str:
                     notes.append(not_available(e.rel, why=e.why))
         parts += notes
         if metrics:
+            shown = [
+                (key, label)
+                for key, label in HEADLINE_METRICS
+                if any(_num(mj.get(key)) is not None for mj in metrics.values())
+            ]
+            best = {key: best_model(metrics, key) for key, _ in shown}
             rows = [
                 (
                     m,
                     metrics[m].get("n"),
-                    metrics[m].get("esm"),
-                    metrics[m].get("exact"),
-                    metrics[m].get("ast"),
+                    *(with_ci(metrics[m].get(k), metrics[m].get(f"{k}_ci")) for k, _ in shown),
                 )
                 for m in metrics
             ]
             parts.append(
                 table(
-                    ["model", "n", *(label for _, label in METRICS)],
+                    ["model", "n", *(label for _, label in shown)],
                     rows,
-                    bold=_best_cells(rows, [2, 3, 4]),
+                    bold={
+                        (i, j + 2)
+                        for i, m in enumerate(metrics)
+                        for j, (k, _) in enumerate(shown)
+                        if best[k] == m
+                    },
                 )
             )
+            parts.append(note(f"95% bootstrap intervals; bold: {BEST_RULE}."))
         if esm_vals:
             parts.append(
                 plots.histograms(

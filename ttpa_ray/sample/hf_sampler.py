@@ -10,6 +10,11 @@ branches of the turn as one batch on copies of that cache: branch b at gold inde
 masks the cached gold tokens from i on and continues at position P + i. Nothing before
 the branch point is recomputed. `kv_reuse=False` gives the naive version (each branch
 recomputes prompt + gold prefix) for the benchmark and the equivalence test.
+
+Nothing decodes past the model's context: a sample stops at the context's end, a branch
+too; a prompt that does not fit (or, in branch mode, prompt + gold call) raises
+`ContextLengthError` for that turn alone (the stage quarantines it; prompts are never
+truncated).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 
 from ttpa_ray.engines.base import ChatRequest
-from ttpa_ray.engines.hf_engine import HFEngine
+from ttpa_ray.engines.hf_engine import ContextLengthError, HFEngine
 from ttpa_ray.sample import tokens
 from ttpa_ray.sample.branch import (
     BranchSettings,
@@ -89,7 +94,8 @@ class HFSampler:
     # -- ids -------------------------------------------------------------------------------
 
     def prompt_ids(self, turn: Turn) -> list[int]:
-        # The engine's encode: left truncation (max_prompt_tokens) and the context check.
+        """The rendered prompt; `ContextLengthError` when it is over `max_prompt_tokens` or
+        leaves no room in the context (never truncated)."""
         return self.engine.encode(
             ChatRequest(turn.prompt, turn.tools, turn.id), self.settings.max_tokens
         )
@@ -197,7 +203,9 @@ class HFSampler:
         lp0 = torch.log_softmax(last, -1).gather(-1, first[:, None]).squeeze(-1)
         if s.kv_reuse:
             cache.batch_repeat_interleave(s.n)
-        seqs, logps, fwd = self._decode(cache, first, lp0, None, None, self._cap(len(gold)), gen)
+        # A sample ends where the context does (prompt + sample ≤ context).
+        cap = min(self._cap(len(gold)), self.engine.max_length - len(prompt))
+        seqs, logps, fwd = self._decode(cache, first, lp0, None, None, cap, gen)
         cands = []
         for ids, lp in zip(seqs, logps, strict=True):
             text = self._text(ids)
@@ -227,6 +235,14 @@ class HFSampler:
         """Branch candidates at the gold call's weak tokens (greedy continuations)."""
         prompt = self.prompt_ids(turn)
         gold = self.gold_ids(turn)
+        context = self.engine.max_length
+        if len(prompt) + len(gold) > context:
+            raise ContextLengthError(
+                f"turn {turn.id!r}: the prompt has {len(prompt)} tokens and the gold call "
+                f"{len(gold)}; together they exceed the model's context length of {context}",
+                len(prompt) + len(gold),
+                context,
+            )
         # Logits for the gold positions only: the last len(gold) + 1 positions.
         logits, cache = self._forward(
             torch.tensor([prompt + gold]), None, logits_to_keep=len(gold) + 1
@@ -237,7 +253,14 @@ class HFSampler:
         if not points:
             return TurnSample([], fwd, gold)
         s = self.settings
-        caps = [branch_cap(len(gold), p.index, s.max_tokens, s.length_factor) for p in points]
+        # A branch at gold index i starts at position P + i and ends where the context does.
+        caps = [
+            min(
+                branch_cap(len(gold), p.index, s.max_tokens, s.length_factor),
+                context - len(prompt) - p.index,
+            )
+            for p in points
+        ]
         if s.kv_reuse:
             seqs, logps, more = self._branch_reuse(cache, len(prompt), len(gold), points, caps)
         else:

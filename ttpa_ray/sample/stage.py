@@ -145,10 +145,11 @@ class SamplerStage:
 @cache
 def _scorer() -> Any:
     # One per worker process: its parsed-tools cache then spans batches (the same tool
-    # lists recur across every turn of an episode).
+    # lists recur across every turn of an episode). Candidates are model text, read as
+    # evaluation reads it, so a candidate's ESM here is its ESM in eval.
     from ttpa_ray.score.batch import ESMBatchScorer
 
-    return ESMBatchScorer()
+    return ESMBatchScorer(pred_format="text")
 
 
 def score_batch(batch: pa.Table) -> pa.Table:
@@ -425,6 +426,46 @@ def _write_shard(
     return len(pairs)
 
 
+_TOKENIZER_FILES = (
+    "config.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+def _divergence(cfg: SampleConfig, pairs: pa.Table) -> dict[str, Any]:
+    """`branch_divergence`: where branch pairs diverge, by token class (`token_classes`).
+
+    Needs the policy's tokenizer: for a URI policy only its tokenizer files are fetched,
+    not the weights. A diagnostic, so a tokenizer that will not load is recorded as
+    `branch_divergence_error` rather than failing a finished run.
+    """
+    from ttpa_ray.sample.token_classes import branch_divergence
+
+    rows = pairs.select(["source", "branch_token_index", "chosen_text"]).to_pylist()
+    if not any(r["source"] == "branch" and r["branch_token_index"] >= 0 for r in rows):
+        return {}
+    try:
+        from transformers import AutoTokenizer
+
+        path = str(cfg.policy)
+        if storage.is_uri(path):
+            key = hashlib.sha256(path.encode()).hexdigest()[:16]
+            local = storage.cache_root() / f"tokenizer-{key}"
+            for name in _TOKENIZER_FILES:
+                storage.download(storage.join(path, name), local / name)
+            path = str(local)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        return {"branch_divergence_error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"branch_divergence": branch_divergence(rows, tok)}
+
+
 def _finalize(
     cfg: SampleConfig,
     src: Path,
@@ -472,6 +513,13 @@ def _finalize(
         )
     if cands.num_rows:
         manifest_extra["mean_candidate_esm"] = round(pc.mean(cands["esm_score"]).as_py(), 4)
+        # How often the pair rule chose a sample rather than gold (DESIGN §5), over every
+        # sampled turn (one without candidates has no best sample).
+        best = cands.group_by("turn_id").aggregate([("esm_score", "max")])["esm_score_max"]
+        at = int(pc.sum(pc.greater_equal(best, cfg.threshold)).as_py() or 0)
+        manifest_extra["turns_best_at_threshold"] = at
+        manifest_extra["best_at_threshold_share"] = round(at / totals["candidates"].rows_out, 4)
+    manifest_extra |= _divergence(cfg, pairs)
     if pairs.num_rows == 0:
         write_manifest(out, counts, config=cfg.model_dump(mode="json"), extra=manifest_extra)
         top = ", ".join(f"{k} ×{v}" for k, v in reasons.items()) or "every turn scored alike"

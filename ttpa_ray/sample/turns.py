@@ -1,13 +1,23 @@
-"""Episodes → tool-call turns: the history before each assistant turn that calls tools.
+"""Episodes → tool-call turns: the one prompt builder for SFT, TPS and eval.
 
-Pure Python. A turn is quarantined (never dropped) when it cannot be a TPS prompt: no
-user message before it, a gold call naming a tool that is not offered, or gold
-arguments that do not validate against the tool's schema.
+A turn's prompt is the system message, the tools offered (the called tools plus
+`distractors` others) and the history before an assistant turn that calls tools; its
+label is that assistant turn. SFT examples (`train/data.py`), TPS prompts (`sample/`) and
+held-out eval requests (`eval/suites.py`) are all built here, and every consumer renders
+them with the model's own chat template, so they tokenise to the same ids.
+
+A prompt longer than its token budget (`PromptFit`) omits its oldest tool results first
+(their content becomes `OMITTED`, so every tool call keeps its result message); the system
+message, the tools block and the user query are never cut. A prompt that still does not
+fit is quarantined (`prompt_too_long`), as is a turn with no user message before it, a
+gold call naming a tool that is not offered, or gold arguments that do not validate.
+Pure Python.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +58,67 @@ SAMPLED_SCHEMA = SAMPLED_SCHEMA.append(pa.field("forward_tokens", pa.int64()))
 SAMPLED_SCHEMA = SAMPLED_SCHEMA.append(pa.field("_quarantine_reason", pa.string()))
 
 
+# What an omitted tool result says instead (short: it exists to save tokens).
+OMITTED = "(earlier tool result omitted to fit the context)"
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit its budget even with every tool result omitted."""
+
+
+@dataclass(frozen=True)
+class PromptFit:
+    """A prompt token budget: `count(messages, tools)` (the rendered prompt's tokens,
+    generation prompt included) must be at most `budget`."""
+
+    count: Callable[[list[dict[str, Any]], list[dict[str, Any]]], int]
+    budget: int
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, budget: int) -> PromptFit:
+        """Counts with `tokenizer.apply_chat_template(..., add_generation_prompt=True)`:
+        the ids SFT, TPS and the endpoint all use."""
+
+        def count(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+            enc = tokenizer.apply_chat_template(
+                messages,
+                tools=tools or None,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+            )
+            return len(enc["input_ids"])
+
+        return cls(count, budget)
+
+
+def fit_prompt(
+    prompt: list[dict[str, Any]], tools: list[dict[str, Any]], fit: PromptFit
+) -> tuple[list[dict[str, Any]], int]:
+    """(`prompt` fitted to `fit.budget`, how many tool results were omitted).
+
+    Omits tool results oldest first, re-counting after each; raises `PromptTooLong` when
+    the prompt is still too long with all of them omitted (nothing else is ever cut).
+    """
+    n = fit.count(prompt, tools)
+    if n <= fit.budget:
+        return prompt, 0
+    msgs = list(prompt)
+    omitted = 0
+    for i, m in enumerate(msgs):
+        if m.get("role") != "tool" or m.get("content") == OMITTED:
+            continue
+        msgs[i] = {**m, "content": OMITTED}
+        omitted += 1
+        n = fit.count(msgs, tools)
+        if n <= fit.budget:
+            return msgs, omitted
+    raise PromptTooLong(
+        f"prompt_too_long: {n} tokens > budget {fit.budget} with {omitted} tool result(s) "
+        "omitted (the system, tools block and query are never cut)"
+    )
+
+
 @dataclass
 class Turn:
     """One TPS prompt and its gold answer.
@@ -66,6 +137,7 @@ class Turn:
     gold: dict[str, Any]
     gold_calls: list[dict[str, Any]]
     gold_text: str
+    omitted_results: int = 0
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -114,13 +186,18 @@ def offered_tools(
 
 
 def episode_turns(
-    row: dict[str, Any], max_turns: int | None = None, distractors: int | None = None
+    row: dict[str, Any],
+    max_turns: int | None = None,
+    distractors: int | None = None,
+    fit: PromptFit | None = None,
 ) -> tuple[list[Turn], list[QuarantineRecord]]:
     """The tool-call turns of one `episodes` row, and the quarantined ones (with reasons).
 
     An episode without any tool-call turn is itself quarantined (`no_tool_call_turn`), so
-    every episode either yields turns or a reason. `max_turns` keeps the first turns only;
-    `distractors` (see `offered_tools`) trims the tools each prompt offers.
+    every episode either yields turns or a reason. `max_turns` keeps the first turns only
+    (the k-th tool-call turn has k < max_turns, whether or not earlier ones were
+    quarantined); `distractors` (see `offered_tools`) trims the tools each prompt offers;
+    `fit` fits each prompt to a token budget (`fit_prompt`).
     """
     ep_id = str(row.get("id") or "")
     try:
@@ -133,9 +210,13 @@ def episode_turns(
     system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     turns: list[Turn] = []
     bad: list[QuarantineRecord] = []
+    k = 0  # index of the tool-call turn within its episode
     for j, msg in enumerate(messages):
         if msg["role"] != "assistant" or not msg.get("tool_calls"):
             continue
+        if max_turns is not None and k >= max_turns:
+            break
+        k += 1
         turn_id = f"{ep_id}:t{j}"
         history = [*system, *messages[:j]]
         if not any(m["role"] == "user" for m in messages[:j]):
@@ -147,20 +228,27 @@ def episode_turns(
             bad.append(QuarantineRecord.of(STAGE, turn_id, f"{kind}: {errors[0]}", msg))
             continue
         gold_calls = to_flat_calls(msg["tool_calls"])
+        offered = offered_tools(tools, gold_calls, distractors)
+        omitted = 0
+        if fit is not None:
+            try:
+                history, omitted = fit_prompt(history, offered, fit)
+            except PromptTooLong as exc:
+                bad.append(QuarantineRecord.of(STAGE, turn_id, str(exc), msg))
+                continue
         turns.append(
             Turn(
                 id=turn_id,
                 episode_id=ep_id,
                 turn_index=j,
                 prompt=history,
-                tools=offered_tools(tools, gold_calls, distractors),
+                tools=offered,
                 gold=msg,
                 gold_calls=gold_calls,
                 gold_text=render_assistant_text(msg.get("content"), msg["tool_calls"]),
+                omitted_results=omitted,
             )
         )
-        if max_turns is not None and len(turns) >= max_turns:
-            break
     if not turns and not bad:
         bad.append(QuarantineRecord.of(STAGE, ep_id, "no_tool_call_turn", row))
     return turns, bad

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -122,3 +123,23 @@ def write_manifest(
     }
     out.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     return out
+
+
+def length_stats(lengths: list[int]) -> dict[str, int]:
+    """`n`, `min`, `p50`, `p90`, `p99`, `max` of token lengths (nearest-rank percentiles);
+    all 0 for an empty list. For manifests, cards and the report."""
+    xs = sorted(lengths)
+    if not xs:
+        return {"n": 0, "min": 0, "p50": 0, "p90": 0, "p99": 0, "max": 0}
+
+    def pct(q: float) -> int:
+        return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+    return {
+        "n": len(xs),
+        "min": xs[0],
+        "p50": pct(0.5),
+        "p90": pct(0.9),
+        "p99": pct(0.99),
+        "max": xs[-1],
+    }

@@ -284,3 +284,18 @@ def to_flat_calls(tool_calls: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
             raise ValueError(f"arguments of {name!r} must be a JSON object")
         out.append({"name": name, "arguments": dict(args)})
     return out
+
+
+def parse_prediction(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Model text → (flat calls, reasons of malformed blocks). Never raises.
+
+    The one text → calls function: evaluation and TPS scoring both read a model's answer
+    through it, so a candidate scores the same in both. Only `<tool_call>` blocks count:
+    bare JSON (`{"name": ...}` without the tags) is text, i.e. no call.
+    """
+    parsed = parse_tool_calls(text)
+    try:
+        calls = to_flat_calls(parsed.tool_calls)
+    except (KeyError, ValueError) as exc:  # cannot happen for parser output; stay total
+        return [], [*parsed.errors, f"bad_call: {exc}"]
+    return calls, parsed.errors

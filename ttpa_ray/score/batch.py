@@ -6,6 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ttpa_ray.schema.tool_call_text import parse_prediction
 from ttpa_ray.score.esm import (
     COMPONENTS,
     _loads,
@@ -17,43 +18,50 @@ from ttpa_ray.score.esm import (
 
 QUARANTINE_COL = "_quarantine_reason"
 OUTPUT_COLS = ("esm_score", *(f"esm_{c}" for c in COMPONENTS), "esm_reason", QUARANTINE_COL)
+PRED_FORMATS = ("calls", "text")  # what a `pred` cell holds; see `ESMBatchScorer`
 
 
-def _pred_calls(value: Any) -> tuple[Any, str | None]:
-    """A pred cell → calls. Strings may be a JSON call list or raw model text.
+def _text_calls(value: Any) -> tuple[Any, str | None]:
+    """Model text → calls, through the parser evaluation uses (`parse_prediction`).
 
-    Raw text goes through the `<tool_call>` parser; text without calls is a text-only
-    answer (scores 0 as "no_call"); malformed blocks are recorded as the reason.
+    Text without `<tool_call>` blocks (bare JSON included) is a text-only answer and scores
+    0 as "no_call"; text whose only blocks are malformed records why as the reason.
     """
+    if value is None:
+        return [], None
     if not isinstance(value, str):
-        return value, None
-    text = value.strip()
-    if text[:1] in ("[", "{"):
-        try:
-            return _loads(text), None
-        except ValueError:
-            pass
-    from ttpa_ray.schema.tool_call_text import parse_tool_calls
-
-    parsed = parse_tool_calls(value)
-    if not parsed.tool_calls and parsed.errors:
-        return [], "unparseable_tool_call:" + ";".join(parsed.errors)
-    return parsed.tool_calls, None
+        return [], f"pred_not_text:{type(value).__name__}"
+    calls, errors = parse_prediction(value)
+    if not calls and errors:
+        return [], "unparseable_tool_call:" + ";".join(errors)
+    return calls, None
 
 
 class ESMBatchScorer:
     """Add ESM columns to an Arrow batch; one output row per input row, in order.
 
-    Input columns (names configurable): `pred` (JSON call list, raw model text, or a list
-    of call structs; null = no call), `gold` (same shapes, must hold valid calls), `tools`
-    (JSON list of OpenAI tools, or the list). Adds `esm_score`, `esm_<component>`,
+    Input columns (names configurable): `pred` (null = no call), `gold` (a JSON call
+    list or a list of call structs; must hold valid calls), `tools` (JSON list of OpenAI
+    tools, or the list). `pred_format` says what `pred` holds, never guessed per row:
+    "calls" (a JSON call list or call structs, like `gold`) or "text" (raw model output,
+    read by `parse_prediction` exactly as evaluation reads it: only `<tool_call>` blocks
+    are calls, so bare JSON scores 0). Adds `esm_score`, `esm_<component>`,
     `esm_reason`, and `_quarantine_reason` (non-null where a row cannot be scored: its
     gold or tools are missing or malformed). Rows are never dropped here: the Ray wiring
     splits the quarantined ones out, so the counts add up.
     """
 
-    def __init__(self, pred_col: str = "pred", gold_col: str = "gold", tools_col: str = "tools"):
+    def __init__(
+        self,
+        pred_col: str = "pred",
+        gold_col: str = "gold",
+        tools_col: str = "tools",
+        pred_format: str = "calls",
+    ):
+        if pred_format not in PRED_FORMATS:
+            raise ValueError(f"unknown pred_format {pred_format!r}; expected one of {PRED_FORMATS}")
         self.cols = (pred_col, gold_col, tools_col)
+        self.pred_format = pred_format
         # The same tool lists recur across rows (every candidate of a turn); parse once.
         self._tools_cache: dict[str, Any] = {}
 
@@ -81,6 +89,12 @@ class ESMBatchScorer:
         self._tools_cache[value] = (tools, _tool_index(tools))
         return self._tools_cache[value], None
 
+    def pred_calls(self, pred: Any) -> tuple[Any, str | None]:
+        """A `pred` cell → (calls, None), or ([], reason) when it holds no usable calls."""
+        if self.pred_format == "text":
+            return _text_calls(pred)
+        return pred, None
+
     def score_row(self, pred: Any, gold: Any, tools: Any) -> tuple[Any, ...]:
         """Output cells of one row (see `OUTPUT_COLS`)."""
         tool_list, q = self._tools(tools)
@@ -91,7 +105,7 @@ class ESMBatchScorer:
             q = "gold_missing"
         if q is not None:
             return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, q, q)
-        calls, p_err = _pred_calls(pred)
+        calls, p_err = self.pred_calls(pred)
         if p_err is not None:
             return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, p_err, None)
         parts, _ = _score_parsed(_parse_calls(calls), gold, tool_list[0], tool_list[1])

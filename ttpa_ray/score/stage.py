@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttpa_ray.schema.io import StageCounts, write_manifest
-from ttpa_ray.score.batch import QUARANTINE_COL, ESMBatchScorer
+from ttpa_ray.score.batch import PRED_FORMATS, QUARANTINE_COL, ESMBatchScorer
 
 STAGE = "score"
 
@@ -25,17 +25,25 @@ def score_dataset(
     pred_col: str = "pred",
     gold_col: str = "gold",
     tools_col: str = "tools",
+    pred_format: str = "calls",
 ) -> Any:
     """Add ESM columns to a Ray Dataset with a pool of `workers` scorer actors.
 
-    Actors (not tasks) so each keeps its parsed-tools cache across batches. On a 2-core
-    machine pass a fractional `num_cpus`, or the pool competes with the reader and stalls.
+    `pred_format`: "calls" (JSON call lists) or "text" (raw model output); see
+    `ESMBatchScorer`. Actors (not tasks) so each keeps its parsed-tools cache across
+    batches. On a 2-core machine pass a fractional `num_cpus`, or the pool competes with
+    the reader and stalls.
     """
     from ray.data import ActorPoolStrategy
 
     return ds.map_batches(
         ESMBatchScorer,
-        fn_constructor_kwargs={"pred_col": pred_col, "gold_col": gold_col, "tools_col": tools_col},
+        fn_constructor_kwargs={
+            "pred_col": pred_col,
+            "gold_col": gold_col,
+            "tools_col": tools_col,
+            "pred_format": pred_format,
+        },
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=workers),
@@ -71,17 +79,22 @@ def run_score(
     num_cpus: float = 1.0,
     batch_size: int = 4096,
     id_col: str = "id",
+    pred_format: str = "calls",
     **cols: str,
 ) -> StageCounts:
     """Score a Parquet dataset on Ray Data; write scored rows, quarantine and a manifest.
 
     Outputs: `out_path` (Parquet directory), `quarantine_path` (default
-    `<out>.quarantine.parquet`), `<out>.manifest.json`. Raises ValueError on empty input.
+    `<out>.quarantine.parquet`), `<out>.manifest.json`. `pred_format`: what the pred
+    column holds, "calls" or "text" (see `ESMBatchScorer`). Raises ValueError on empty
+    input or an unknown `pred_format`.
     """
     import ray
 
     from ttpa_ray.ray_utils import init_ray
 
+    if pred_format not in PRED_FORMATS:  # fail here, not inside every actor
+        raise ValueError(f"unknown pred_format {pred_format!r}; expected one of {PRED_FORMATS}")
     init_ray()
     t0 = time.perf_counter()
     out_path = Path(out_path)
@@ -89,7 +102,14 @@ def run_score(
         Path(quarantine_path) if quarantine_path else out_path.with_suffix(".quarantine.parquet")
     )
     ds = ray.data.read_parquet(str(in_path))
-    scored = score_dataset(ds, workers=workers, num_cpus=num_cpus, batch_size=batch_size, **cols)
+    scored = score_dataset(
+        ds,
+        workers=workers,
+        num_cpus=num_cpus,
+        batch_size=batch_size,
+        pred_format=pred_format,
+        **cols,
+    )
     # Materialise once: both outputs come from the same scored blocks, not two runs.
     scored = scored.materialize()
     rows_in = scored.count()
@@ -106,7 +126,13 @@ def run_score(
     write_manifest(
         out_path.with_suffix(".manifest.json"),
         [counts],
-        config={"in": str(in_path), "workers": workers, "batch_size": batch_size, **cols},
+        config={
+            "in": str(in_path),
+            "workers": workers,
+            "batch_size": batch_size,
+            "pred_format": pred_format,
+            **cols,
+        },
         extra={"outputs": {"scored": str(out_path), "quarantine": str(q_path)}},
     )
     return counts

@@ -9,6 +9,10 @@ limit gets 503 in OpenAI's error shape right away (Serve's own router is given t
 limit, so excess requests reach us to be refused instead of waiting in its queue).
 Batching: concurrent non-streaming requests are grouped by `@serve.batch` and run by the
 backend as batched `generate` calls; `batching: false` runs each request on its own.
+Each request gets `min(max_tokens, context - its prompt tokens)` new tokens whatever its
+batch-mates; a prompt that leaves no room (or is over `max_prompt_tokens`) gets a 400
+`context_length_exceeded` (param `messages`) on every path, streaming included, and its
+batch-mates are served.
 """
 
 import asyncio
@@ -68,6 +72,16 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     param = ".".join(loc) or None
     message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
     return JSONResponse(bad_request(message, param).body(), status_code=400)
+
+
+def engine_error(exc: Exception) -> OpenAIError:
+    """A backend `EngineError` as the 400 the client gets: `context_length_exceeded` with
+    param `messages` for a prompt that does not fit, a plain bad request otherwise."""
+    from ttpa_ray.engines.hf_engine import ContextLengthError
+
+    if isinstance(exc, ContextLengthError):
+        return bad_request(exc.detail, "messages", "context_length_exceeded")
+    return bad_request(str(exc))
 
 
 class Stats:
@@ -187,8 +201,19 @@ class ChatServer:
         else:
             result = (await asyncio.to_thread(self.backend.generate, [gen_req]))[0]
         if isinstance(result, EngineError):
-            raise bad_request(str(result), "messages", "context_length_exceeded")
+            raise engine_error(result)
         return result
+
+    async def _prompt(self, gen_req: Any) -> list[int]:
+        """The prompt's ids, checked before a stream starts (its 400 can then be a status,
+        not an event inside a 200 stream)."""
+        from ttpa_ray.engines.base import EngineError
+
+        try:
+            ids: list[int] = await asyncio.to_thread(self.backend.prompt_ids, gen_req)
+        except EngineError as exc:
+            raise engine_error(exc) from exc
+        return ids
 
     def _count(self, req: ChatRequest, body: dict[str, Any]) -> None:
         for choice in body["choices"]:
@@ -236,9 +261,10 @@ class ChatServer:
             check_tools(body)
             gen_req = self._gen_request(body)
             if body.stream:
+                prompt = await self._prompt(gen_req)
                 streaming = True
                 return StreamingResponse(
-                    self._stream(body, gen_req), media_type="text/event-stream"
+                    self._stream(body, gen_req, prompt), media_type="text/event-stream"
                 )
             gen = await self._generate(gen_req)
             out = completion_response(body, gen)
@@ -248,7 +274,7 @@ class ChatServer:
             if not streaming:
                 self.inflight -= 1
 
-    def _stream(self, req: ChatRequest, gen_req: Any) -> Iterator[str]:
+    def _stream(self, req: ChatRequest, gen_req: Any, prompt: list[int]) -> Iterator[str]:
         """SSE chunks: content as it is decoded; a completion that turns out to call tools
         sends its calls as one `tool_calls` delta at the end (text that may open a
         `<tool_call>` block is held back, never sent as content)."""
@@ -260,7 +286,7 @@ class ChatServer:
                 # several choices: generate them together, then send each as chunks
                 result = self.backend.generate([gen_req])[0]
                 if isinstance(result, EngineError):
-                    yield sse(bad_request(str(result), "messages").body())
+                    yield sse(engine_error(result).body())
                     return
                 for i, text in enumerate(result.texts):
                     yield from self._choice_chunks(
@@ -273,7 +299,7 @@ class ChatServer:
                 )
                 text, sent, final_gen = "", 0, None
                 try:
-                    for piece in self.backend.stream(gen_req):
+                    for piece in self.backend.stream(gen_req, prompt):
                         if isinstance(piece, Generation):
                             final_gen = piece
                             break
@@ -284,7 +310,7 @@ class ChatServer:
                             yield sse(chunk(cid, req.model, created, delta, None))
                             sent = safe
                 except EngineError as exc:
-                    yield sse(bad_request(str(exc), "messages").body())
+                    yield sse(engine_error(exc).body())
                     return
                 assert final_gen is not None
                 full = final_gen.texts[0]

@@ -4,8 +4,14 @@ One base model in memory; LoRA adapters are loaded beside it with PEFT
 (`PeftModel.load_adapter`) and selected per batch (`set_adapter`, or `disable_adapter`
 for the base), so SFT, DPO and TTPA variants of one base are served by one replica.
 `generate` takes the requests of one `@serve.batch` call and runs one `model.generate`
-per group of requests that share adapter and sampling settings (left padding, one
-logits processor per row for constrained tool calls).
+per group of requests that share adapter, sampling settings and new-token budget (left
+padding, one logits processor per row for constrained tool calls).
+
+Budgets are per request: `min(max_tokens, context - len(its prompt))`. A prompt whose
+budget the context cuts runs apart from shorter batch-mates, so a long neighbour never
+shortens another completion and no row decodes past the context. A prompt that leaves no
+room (or is over `max_prompt_tokens`) fails alone with `ContextLengthError`; it is never
+truncated.
 """
 
 from __future__ import annotations
@@ -85,8 +91,9 @@ class HFChatBackend:
         dtype: str = "auto",
         max_prompt_tokens: int | None = None,
     ) -> None:
-        self.engine = HFEngine(model_dir, device=device, dtype=dtype, max_prompt_tokens=None)
-        self.max_prompt_tokens = max_prompt_tokens
+        self.engine = HFEngine(
+            model_dir, device=device, dtype=dtype, max_prompt_tokens=max_prompt_tokens
+        )
         self.tokenizer = self.engine.tokenizer
         self.device = self.engine.device
         self.adapters = dict(adapters or {})
@@ -110,14 +117,13 @@ class HFChatBackend:
     # -- prompts ---------------------------------------------------------------------------
 
     def prompt_ids(self, req: GenRequest) -> list[int]:
-        """Token ids of the rendered prompt; EngineError when it does not fit the context."""
-        ids = self.engine.encode(EngineRequest(req.messages, req.tools), req.max_tokens)
-        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
-            raise EngineError(
-                f"the prompt has {len(ids)} tokens; this server accepts at most "
-                f"{self.max_prompt_tokens}"
-            )
-        return ids
+        """Token ids of the rendered prompt; `ContextLengthError` when it leaves no room in
+        the context or is over `max_prompt_tokens` (never truncated)."""
+        return self.engine.encode(EngineRequest(req.messages, req.tools), req.max_tokens)
+
+    def budget(self, req: GenRequest, prompt: list[int]) -> int:
+        """New tokens this request gets: its `max_tokens`, or less where the context ends."""
+        return self.engine.budget(len(prompt), req.max_tokens)
 
     @contextlib.contextmanager
     def _adapter(self, name: str | None) -> Iterator[None]:
@@ -155,7 +161,8 @@ class HFChatBackend:
     def _kwargs(self, head: GenRequest, width: int) -> dict[str, Any]:
         eng = self.engine
         kw: dict[str, Any] = {
-            "max_new_tokens": max(1, min(head.max_tokens, eng.max_length - width)),
+            # the group's common budget: its rows all have it (see `generate`)
+            "max_new_tokens": eng.budget(width, head.max_tokens),
             "num_return_sequences": 1 if head.temperature == 0 else head.n,
             "pad_token_id": eng.pad_token_id,
             "eos_token_id": eng.eos_token_ids,
@@ -171,6 +178,7 @@ class HFChatBackend:
     def _run_group(
         self, reqs: list[GenRequest], prompts: list[list[int]], streamer: Any = None
     ) -> list[Generation]:
+        """One `generate` call for requests of one group key and one budget."""
         head = reqs[0]
         width = max(len(p) for p in prompts)
         pad = self.engine.pad_token_id
@@ -218,15 +226,18 @@ class HFChatBackend:
         return results
 
     def generate(self, reqs: list[GenRequest]) -> list[Generation | EngineError]:
-        """One result per request, in order; a request that cannot run (prompt too long,
-        unknown adapter) gets its `EngineError`, the others are served."""
+        """One result per request, in order; a request that cannot run (prompt too long:
+        `ContextLengthError`; unknown adapter) gets its `EngineError`, the others are served.
+        Requests run together only with the same group key and budget, so each gets
+        `min(max_tokens, context - len(its prompt))` new tokens whatever its batch-mates."""
         results: list[Generation | EngineError | None] = [None] * len(reqs)
         groups: dict[tuple[Any, ...], list[tuple[int, list[int]]]] = {}
         for i, r in enumerate(reqs):
             try:
                 if r.adapter is not None and r.adapter not in self.adapters:
                     raise EngineError(f"no adapter {r.adapter!r} is loaded")
-                groups.setdefault(r.group_key(), []).append((i, self.prompt_ids(r)))
+                ids = self.prompt_ids(r)
+                groups.setdefault((r.group_key(), self.budget(r, ids)), []).append((i, ids))
             except EngineError as exc:
                 results[i] = exc
         for members in groups.values():
@@ -239,14 +250,20 @@ class HFChatBackend:
                 results[i] = gen
         return [r if r is not None else EngineError("not run") for r in results]
 
-    def stream(self, req: GenRequest) -> Iterator[str | Generation]:
+    def stream(
+        self, req: GenRequest, prompt: list[int] | None = None
+    ) -> Iterator[str | Generation]:
         """Text pieces of one `n=1` completion as they are decoded, then its `Generation`.
 
+        `prompt`: the ids from `prompt_ids(req)` when the caller checked it already (the
+        app does, to answer `ContextLengthError` with a 400 before the stream starts).
         Pieces are suffixes of the decoded completion (up to the first end-of-turn
         token), decoded as the final text is, so they always add up to it; a piece
-        ending inside a multi-byte character waits for the next token.
+        ending inside a multi-byte character waits for the next token. A batch of one:
+        the completion has its own budget.
         """
-        prompt = self.prompt_ids(req)
+        if prompt is None:
+            prompt = self.prompt_ids(req)
         ids: queue.Queue[list[int] | None] = queue.Queue()
         streamer = _IdStreamer(ids)
         box: dict[str, Any] = {}

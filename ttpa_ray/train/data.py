@@ -1,27 +1,43 @@
-"""Tokenised training examples: SFT episodes and preference pairs, plus their collation.
+"""Tokenised training examples: SFT turns (or episodes) and preference pairs, plus collation.
 
-Everything goes through the tokenizer's own chat template with the episode's tools, so
-training sees exactly what serving renders. Examples that cannot be used raise
-`SkipExample(reason)`; callers count and quarantine them (never a silent drop).
+Everything goes through the tokenizer's own chat template with the turn's tools, so
+training sees exactly what sampling and serving render. Examples that cannot be used raise
+`SkipExample(reason)` (or are returned as reasons); callers count and quarantine them
+(never a silent drop). Nothing is ever cut from the left.
 
-- SFT: loss only on assistant tokens (the template's `{% generation %}` blocks, via
-  `return_assistant_tokens_mask`); user turns and tool results are masked. A conversation
-  longer than `max_len` keeps its last `max_len` tokens (counted as truncated).
+- SFT turns (the default, `train.examples: turns`): one example per tool-call turn, built
+  by the one prompt builder (`sample.turns.episode_turns`: system, offered tools, history),
+  labelled with the gold assistant turn only. A prompt that does not fit `max_len` with its
+  label omits its oldest tool results (`fit_prompt`), else it is quarantined. A seeded
+  share (`final_answers`) of episodes adds their final text answer as one more example.
+- SFT episodes (`train.examples: episodes`): the whole conversation, loss on every
+  assistant turn (the template's `{% generation %}` blocks, via
+  `return_assistant_tokens_mask`); longer than `max_len` → quarantined.
 - Pairs: the prompt (history + generation prompt) and the two completions (the policy's
   text, or the message rendered by the template, ending with the end-of-turn token). A
-  prompt that does not fit is cut from the left (counted); a pair whose completion does
-  not fit `max_len` is skipped. `branch_token_index` indexes the completion tokens.
+  pair that does not fit `max_len` is skipped. `branch_token_index` indexes the
+  completion tokens.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ttpa_ray.sample.turns import (
+    PromptFit,
+    PromptTooLong,
+    Turn,
+    episode_turns,
+    fit_prompt,
+    offered_tools,
+)
 from ttpa_ray.schema.records import messages_to_openai
+from ttpa_ray.schema.tool_call_text import canonicalize_messages, to_flat_calls
 
 IGNORE = -100  # label of tokens without loss (PyTorch cross-entropy's ignore_index)
 
@@ -49,11 +65,12 @@ class SFTExample:
 
     input_ids: list[int]
     labels: list[int]
-    truncated: bool = False
+    fitted: bool = False  # the prompt omits old tool results to fit max_len
 
 
 def sft_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> SFTExample:
-    """One episode row (DESIGN §2) → an SFT example with assistant-only labels."""
+    """One episode row (DESIGN §2) → an SFT example with assistant-only labels; an
+    episode longer than `max_len` raises `SkipExample` (never cut)."""
     messages = messages_to_openai(row.get("messages"))
     if not messages:
         raise SkipExample("episode has no messages")
@@ -63,13 +80,89 @@ def sft_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> SFTExample
     ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     if not any(mask):
         raise SkipExample("no assistant tokens (the template marks none)")
-    truncated = len(ids) > max_len
-    if truncated:
-        ids, mask = ids[-max_len:], mask[-max_len:]
-        if not any(mask):
-            raise SkipExample(f"no assistant token within the last {max_len} tokens")
+    if len(ids) > max_len:
+        raise SkipExample(f"too_long: episode of {len(ids)} tokens > max_len {max_len}")
     labels = [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]
-    return SFTExample(ids, labels, truncated)
+    return SFTExample(ids, labels)
+
+
+def turn_prompt_ids(tokenizer: Any, turn: Turn) -> list[int]:
+    """The prompt ids of a tool-call turn: what SFT trains on, TPS samples from and the
+    endpoint tokenises for the eval request (the chat template + generation prompt)."""
+    return list(
+        _chat_ids(tokenizer, turn.prompt, turn.tools, add_generation_prompt=True)["input_ids"]
+    )
+
+
+def _labelled(
+    tokenizer: Any,
+    prompt: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    answer: dict[str, Any],
+    max_len: int,
+) -> SFTExample:
+    """Prompt (no loss) + the answer turn rendered by the template (loss), fitted to
+    `max_len` by omitting old tool results; `SkipExample` when it cannot fit."""
+    prompt_ids = list(_chat_ids(tokenizer, prompt, tools, add_generation_prompt=True)["input_ids"])
+    target = _completion_ids(tokenizer, prompt_ids, prompt, tools, None, [answer])
+    omitted = 0
+    if len(prompt_ids) + len(target) > max_len:
+        try:
+            fitted, omitted = fit_prompt(
+                prompt, tools, PromptFit.for_tokenizer(tokenizer, max_len - len(target))
+            )
+        except PromptTooLong as exc:
+            raise SkipExample(
+                f"{exc} (max_len {max_len} minus a {len(target)}-token label)"
+            ) from None
+        prompt_ids = list(
+            _chat_ids(tokenizer, fitted, tools, add_generation_prompt=True)["input_ids"]
+        )
+    return SFTExample(prompt_ids + target, [IGNORE] * len(prompt_ids) + target, omitted > 0)
+
+
+def _share(key: str, seed: int) -> float:
+    """A stable number in [0, 1) for `key` (which episodes add their final answer)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def sft_turn_examples(
+    tokenizer: Any,
+    row: dict[str, Any],
+    max_len: int,
+    *,
+    distractors: int | None = None,
+    max_turns: int | None = None,
+    final_answers: float = 0.0,
+    seed: int = 0,
+) -> tuple[list[SFTExample], list[tuple[str, str]]]:
+    """One episode row → (its SFT turn examples, [(turn id, reason)] of those that cannot
+    be used). Turns come from `episode_turns` (the prompts TPS and eval use); the final
+    text answer is added for a seeded `final_answers` share of episodes."""
+    turns, bad = episode_turns(row, max_turns, distractors)
+    skipped = [(q.row_id, q.reason) for q in bad]
+    out: list[SFTExample] = []
+    for t in turns:
+        try:
+            out.append(_labelled(tokenizer, t.prompt, t.tools, t.gold, max_len))
+        except SkipExample as exc:
+            skipped.append((t.id, str(exc)))
+    ep_id = str(row.get("id") or "")
+    if final_answers > 0 and turns and _share(ep_id, seed) < final_answers:
+        messages = canonicalize_messages(messages_to_openai(row.get("messages")))
+        last = messages[-1] if messages else {}
+        if last.get("role") == "assistant" and last.get("content") and not last.get("tool_calls"):
+            calls = [
+                c for m in messages if m.get("tool_calls") for c in to_flat_calls(m["tool_calls"])
+            ]
+            tools = offered_tools(_tools(row), calls, distractors)
+            system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+            try:
+                out.append(_labelled(tokenizer, [*system, *messages[:-1]], tools, last, max_len))
+            except SkipExample as exc:
+                skipped.append((f"{ep_id}:answer", str(exc)))
+    return out, skipped
 
 
 @dataclass
@@ -82,7 +175,7 @@ class PairExample:
     branch_token_index: int = -1
     chosen_score: float = 1.0
     rejected_score: float = 0.0
-    truncated: bool = False
+    fitted: bool = False  # pairs are never fitted here (TPS prompts already are)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,21 +221,22 @@ def pair_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> PairExamp
     rejected = _completion_ids(
         tokenizer, prompt_ids, history, tools, row.get("rejected_text"), row.get("rejected")
     )
-    room = max_len - max(len(chosen), len(rejected))
-    if room < 1:
+    longest = max(len(chosen), len(rejected))
+    if len(prompt_ids) + longest > max_len:
+        # Pairs come from fitted TPS prompts: one that still does not fit is skipped,
+        # never cut (a cut prompt is not the prompt the completions answered).
         raise SkipExample(
-            f"completion of {max(len(chosen), len(rejected))} tokens does not fit max_len {max_len}"
+            f"too_long: prompt of {len(prompt_ids)} + completion of {longest} tokens "
+            f"does not fit max_len {max_len}"
         )
-    truncated = len(prompt_ids) > room
     branch = row.get("branch_token_index")
     return PairExample(
-        prompt_ids=prompt_ids[-room:],
+        prompt_ids=prompt_ids,
         chosen_ids=chosen,
         rejected_ids=rejected,
         branch_token_index=int(branch) if branch is not None else -1,
         chosen_score=_score(row.get("chosen_score"), 1.0),
         rejected_score=_score(row.get("rejected_score"), 0.0),
-        truncated=truncated,
     )
 
 

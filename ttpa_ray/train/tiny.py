@@ -44,15 +44,21 @@ TOOL_TOKENS = (
     "<tool_response>",
     "</tool_response>",
 )
-TEMPLATE_NAME = "hermes_tools.jinja"
+# Chat templates (package data `templates/`): `hermes` lists each tool as its JSON schema
+# (what Qwen/Hermes models see); `compact` as one signature line, about a third of the
+# tokens, for small-context models. Calls and turns render identically in both.
+TEMPLATES = {"hermes": "hermes_tools.jinja", "compact": "compact_tools.jinja"}
+TEMPLATE_NAME = TEMPLATES["hermes"]
 
 
 @cache
-def chat_template() -> str:
-    """The Jinja chat template (package data `templates/hermes_tools.jinja`)."""
+def chat_template(name: str = "hermes") -> str:
+    """The Jinja chat template `name` (a key of `TEMPLATES`)."""
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r}; known: {', '.join(TEMPLATES)}")
     return (
         resources.files("ttpa_ray.train")
-        .joinpath("templates", TEMPLATE_NAME)
+        .joinpath("templates", TEMPLATES[name])
         .read_text(encoding="utf-8")
     )
 
@@ -61,8 +67,9 @@ def render_chat(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
     add_generation_prompt: bool = False,
+    template: str = "hermes",
 ) -> str:
-    """Render one conversation with the chat template, without needing a tokenizer.
+    """Render one conversation with the chat template `template`, without a tokenizer.
 
     Same string as `tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)`.
     """
@@ -72,7 +79,7 @@ def render_chat(
     rendered, _ = render_jinja_template(  # type: ignore[str-unpack]
         conversations=[messages],
         tools=list(tools) if tools else None,
-        chat_template=chat_template(),
+        chat_template=chat_template(template),
         add_generation_prompt=add_generation_prompt,
     )
     return str(rendered[0])
@@ -83,8 +90,9 @@ def train_bpe_tokenizer(
     vocab_size: int = 2048,
     min_frequency: int = 2,
     model_max_length: int = 2048,
+    template: str = "hermes",
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer with the chat template attached.
+    """Train a byte-level BPE tokenizer with the chat template `template` attached.
 
     Pre-tokenization splits every digit into its own piece (numbers in arguments tokenize
     the same whatever their length), then GPT-2 byte-level splitting without a prefix
@@ -136,7 +144,7 @@ def train_bpe_tokenizer(
         model_max_length=model_max_length,
         padding_side="right",
     )
-    fast.chat_template = chat_template()
+    fast.chat_template = chat_template(template)
     return fast
 
 
@@ -158,6 +166,7 @@ class TinyModelConfig:
     tie_word_embeddings: bool = True
     rms_norm_eps: float = 1e-6
     seed: int = 0
+    template: str = "hermes"  # a key of TEMPLATES
 
 
 def build_tiny_model(
@@ -215,6 +224,7 @@ def create_tiny_model_dir(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
         model_max_length=cfg.max_position_embeddings,
+        template=cfg.template,
     )
     model = build_tiny_model(tokenizer, cfg)
     tokenizer.save_pretrained(out)
@@ -296,7 +306,10 @@ def _function(tool: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def catalog_texts(
-    tools: list[dict[str, Any]], examples_per_tool: int = 4, seed: int = 0
+    tools: list[dict[str, Any]],
+    examples_per_tool: int = 4,
+    seed: int = 0,
+    template: str = "hermes",
 ) -> list[str]:
     """Texts to train the BPE tokenizer on, from OpenAI tool dicts.
 
@@ -309,7 +322,7 @@ def catalog_texts(
     rng = random.Random(seed)
     texts: list[str] = list(_GENERIC)
     if tools:
-        texts.append(render_chat([{"role": "user", "content": _GENERIC[0]}], tools, True))
+        texts.append(render_chat([{"role": "user", "content": _GENERIC[0]}], tools, True, template))
     for tool in tools:
         fn = _function(tool)
         name = str(fn.get("name", ""))
@@ -328,5 +341,5 @@ def catalog_texts(
             ],
             {"role": "assistant", "content": rng.choice(_GENERIC)},
         ]
-        texts.append(render_chat(conversation, [tool]))
+        texts.append(render_chat(conversation, [tool], template=template))
     return texts

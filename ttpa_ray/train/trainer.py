@@ -21,13 +21,21 @@ from ttpa_ray.config import TrainConfig
 from ttpa_ray.schema.io import (
     StageCounts,
     config_hash,
+    length_stats,
     read_rows,
     write_manifest,
     write_quarantine,
     write_rows,
 )
 from ttpa_ray.schema.records import QuarantineRecord
-from ttpa_ray.train.data import PairExample, SkipExample, pair_example, sft_example
+from ttpa_ray.train.data import (
+    IGNORE,
+    PairExample,
+    SkipExample,
+    pair_example,
+    sft_example,
+    sft_turn_examples,
+)
 
 MODES = ("sft", "dpo")
 PAIR_COLUMNS = ("prompt", "tools")
@@ -58,21 +66,42 @@ def data_rows(path: str | Path, mode: str) -> list[dict[str, Any]]:
 
 
 def prepare_examples(
-    mode: str, rows: list[dict[str, Any]], tokenizer: Any, max_len: int
+    mode: str, rows: list[dict[str, Any]], tokenizer: Any, cfg: TrainConfig
 ) -> tuple[list[Any], list[QuarantineRecord], int]:
-    """Tokenised examples, quarantine records for rows that cannot be used, and how many
-    examples were truncated (history cut from the left)."""
-    make = sft_example if mode == "sft" else pair_example
-    examples, bad, truncated = [], [], 0
+    """Tokenised examples, quarantine records for what cannot be used, and how many
+    examples omit old tool results to fit `max_len` (nothing is cut from the left).
+
+    SFT with `examples: turns` makes one example per tool-call turn (`sft_turn_examples`);
+    its quarantine records are per turn, so rows in = episodes and the counts are kept by
+    the caller in turns (see `run_training`)."""
+    examples: list[Any] = []
+    bad: list[QuarantineRecord] = []
+    fitted = 0
+    stage = f"train.{mode}"
     for i, row in enumerate(rows):
-        try:
-            ex = make(tokenizer, row, max_len)
-        except SkipExample as e:
-            bad.append(QuarantineRecord.of(f"train.{mode}", row.get("id", i), str(e), row))
+        if mode == "sft" and cfg.examples == "turns":
+            got, skipped = sft_turn_examples(
+                tokenizer,
+                row,
+                cfg.max_len,
+                distractors=cfg.distractors,
+                max_turns=cfg.max_turns_per_episode,
+                final_answers=cfg.final_answers,
+                seed=cfg.seed,
+            )
+            examples += got
+            fitted += sum(int(e.fitted) for e in got)
+            bad += [QuarantineRecord.of(stage, rid, reason, row) for rid, reason in skipped]
             continue
-        truncated += int(ex.truncated)
+        make = sft_example if mode == "sft" else pair_example
+        try:
+            ex = make(tokenizer, row, cfg.max_len)
+        except SkipExample as e:
+            bad.append(QuarantineRecord.of(stage, row.get("id", i), str(e), row))
+            continue
+        fitted += int(ex.fitted)
         examples.append(ex)
-    return examples, bad, truncated
+    return examples, bad, fitted
 
 
 class ReferenceLogps:
@@ -285,10 +314,16 @@ def run_training(
         raise ValueError(f"the tokenizer in {model_dir} has no chat template")
     rows = data_rows(data, mode)
     examples: list[Any]
-    examples, bad, truncated = prepare_examples(mode, rows, tokenizer, cfg.max_len)
+    examples, bad, fitted = prepare_examples(mode, rows, tokenizer, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_quarantine(out / "quarantine.parquet", bad)
-    counts = StageCounts(f"train.{mode}.examples", len(rows), len(examples), len(bad)).check()
+    # SFT turns: the unit is a turn (one example or one quarantine record each)
+    n_in = len(examples) + len(bad) if mode == "sft" and cfg.examples == "turns" else len(rows)
+    counts = StageCounts(f"train.{mode}.examples", n_in, len(examples), len(bad)).check()
+    if mode == "sft":  # SFT prompts are the label-free head of each example
+        prompts = [next((i for i, t in enumerate(e.labels) if t != IGNORE), 0) for e in examples]
+    else:
+        prompts = [len(e.prompt_ids) for e in examples]
     if not examples:
         raise ValueError(
             f"no usable {mode} examples: all {len(rows)} rows quarantined ({bad[0].reason})"
@@ -341,7 +376,8 @@ def run_training(
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     extra = {
         "mode": mode,
-        "truncated": truncated,
+        "fitted": fitted,
+        "prompt_tokens": length_stats(prompts),
         "examples": n_examples,
         "rows": len(examples),  # after SFT packing
         "steps": metrics[-1]["step"] if metrics else 0,
