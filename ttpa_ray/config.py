@@ -368,6 +368,9 @@ class TrainConfig(Strict):
     max_turns_per_episode: int | None = Field(
         None, gt=0, description="SFT turns: first N tool-call turns; copied from sample"
     )
+    max_prompt_tokens: int | None = Field(
+        None, gt=0, description="SFT turns: prompt token budget; copied from sample"
+    )
     grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
     max_steps: int = Field(100, gt=0, description="optimizer steps")
     lr: float = Field(1e-4, gt=0.0)
@@ -424,7 +427,7 @@ with warnings.catch_warnings():
         def _one_prompt_builder(self) -> Config:
             # SFT, TPS and eval must build the same prompts: the turn settings live in
             # `sample` and are copied into `train`; a different explicit value is an error.
-            for name in ("distractors", "max_turns_per_episode"):
+            for name in ("distractors", "max_turns_per_episode", "max_prompt_tokens"):
                 want = getattr(self.sample, name)
                 if name in self.train.model_fields_set and getattr(self.train, name) != want:
                     raise ValueError(

@@ -125,7 +125,7 @@ def run_demo(out: Path, config: str | Path | None = None) -> dict[str, Any]:
     init_ray(num_cpus=2)
     summary["esm_mean_by_perturbation"] = demo_esm(entries, out)
     _banner("the TTPA pipeline: construct → model → SFT → TPS → TTPA + baseline → eval → report")
-    state = run_pipeline(load_config(config), out / "run", progress=False)
+    state = run_pipeline(load_config(config), out / "run")
     summary["pipeline"] = {
         name: {k: v for k, v in rec.items() if k != "key"} for name, rec in state["stages"].items()
     }

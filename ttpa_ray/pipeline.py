@@ -60,6 +60,8 @@ class Pipeline:
                 s["name"]: {k: v for k, v in s.items() if k != "name"} for s in saved["stages"]
             }
         self.keys: dict[str, str] = {}
+        # the models the eval stage serves and scores (a benchmark's ablation: fewer)
+        self.eval_models: tuple[str, ...] = MODELS
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -73,6 +75,7 @@ class Pipeline:
             "ttpa": self.train_cfg("ttpa").model_dump(mode="json"),
             "dpo_response": self.train_cfg("dpo_response").model_dump(mode="json"),
             "eval": {
+                "models": list(self.eval_models),
                 "suites": p.eval_suites,
                 "limit": p.eval_limit,
                 "max_tokens": p.eval_max_tokens,
@@ -90,6 +93,30 @@ class Pipeline:
     def done(self, stage: str) -> bool:
         rec = self.state["stages"].get(stage) or {}
         return rec.get("status") == "done" and rec.get("key") == self.key(stage)
+
+    def adopt(self, stage: str, source: Path, link: bool = True) -> None:
+        """Mark `stage` done with the outputs of another run dir's same stage (linked, or
+        copied when `link` is false so they can be edited), under this run's key. For
+        benchmarks that share a stage between runs (one SFT start, several seeds after)."""
+        import shutil
+
+        dst, src = self.run / stage, Path(source).resolve() / stage
+        if not src.is_dir():
+            raise FileNotFoundError(f"adopt {stage}: {src} does not exist")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            dst.symlink_to(src, target_is_directory=True)
+        else:
+            shutil.copytree(src, dst, symlinks=True)
+        prev = json.loads((src.parent / "pipeline.json").read_text())["stages"]
+        rec: dict[str, Any] = next((s for s in prev if s["name"] == stage), {})
+        self.state["stages"][stage] = {
+            **{k: v for k, v in rec.items() if k != "name"},
+            "status": "done",
+            "key": self.key(stage),
+            "adopted_from": str(src.parent),
+        }
+        self._save()
 
     def _save(self) -> None:
         self.run.mkdir(parents=True, exist_ok=True)
@@ -335,6 +362,7 @@ class Pipeline:
         from ray import serve
 
         from ttpa_ray.eval import run_eval, sft_warning, summarize
+        from ttpa_ray.sample.stage import prompt_fit
         from ttpa_ray.serve.app import build_app
 
         p, sc = self.cfg.pipeline, self.cfg.serve
@@ -344,10 +372,14 @@ class Pipeline:
         # only compete for the port (and all nodes are 127.0.0.1 on a test cluster)
         serve.start(proxy_location="HeadOnly", http_options={"host": sc.host, "port": port})
         root = self.run / "eval"
+        # the prompt budget of SFT and TPS, so eval requests are the prompts they saw
+        fit = prompt_fit(
+            self.cfg.sample.model_copy(update={"policy": str(self.run / "sft" / "model")})
+        )
         try:
             # One model at a time: each replica gets the configured CPUs/GPUs without
             # three replicas competing for (or waiting on) a small machine.
-            for name in MODELS:
+            for name in self.eval_models:
                 cfg = sc.model_copy(
                     update={"model": self.shared(f"{name}/model"), "model_id": name}
                 )
@@ -364,6 +396,7 @@ class Pipeline:
                         distractors=self.cfg.sample.distractors,
                         seed=p.eval_seed,
                         max_turns=self.cfg.sample.max_turns_per_episode,
+                        fit=fit,
                         progress=self.progress,
                     )
                 serve.delete(f"eval-{name}")
@@ -414,14 +447,18 @@ def run_pipeline(
     start: str | None = None,
     progress: bool = True,
     until: str | None = None,
+    prepare: Callable[[Pipeline], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline into `run_dir` (from `start`, through `until`); returns the state."""
+    """Run the pipeline into `run_dir` (from `start`, through `until`); returns the state.
+    `prepare(pipeline)` runs first (e.g. a benchmark adopting finished stages)."""
     from ttpa_ray.ray_utils import init_ray
 
     if until is not None and until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     init_ray()
     pipe = Pipeline(cfg, run_dir, progress)
+    if prepare is not None:
+        prepare(pipe)
     pipe.timeline = NodeTimeline(pipe.run / NODES_FILE).start()
     try:
         return pipe.run_all(start, stop_after=until)

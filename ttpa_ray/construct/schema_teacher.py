@@ -15,7 +15,7 @@ from typing import Any
 
 from ttpa_ray.construct import texts
 from ttpa_ray.construct import wordlists as W
-from ttpa_ray.construct.values import ValueSampler, is_valid
+from ttpa_ray.construct.values import ValueSampler, is_id_like, is_valid
 from ttpa_ray.schema.records import Episode, Message, ToolCall
 from ttpa_ray.schema.tools import ToolSpec
 
@@ -36,8 +36,34 @@ def _rng(seed: int, step: str) -> random.Random:
     return random.Random(f"{seed}:{step}")
 
 
-def _id_like(name: str) -> bool:
-    return name == "id" or name.endswith("_id") or name.endswith("_ids")
+def id_patterns(catalog: Sequence[ToolSpec]) -> dict[str, str]:
+    """The catalog's identifier shape per id-like property name, from result (then
+    parameter) schemas, first tool first: `message_id` → `^MSG_[A-Z0-9]{8}$`. An id the
+    teacher invents takes this shape, so the tool's own result can echo it."""
+    found: dict[str, str] = {}
+
+    def walk(s: Any) -> None:
+        if isinstance(s, dict):
+            for k, sub in (s.get("properties") or {}).items():
+                if isinstance(sub, dict) and is_id_like(k, sub) and "pattern" in sub:
+                    found.setdefault(k, sub["pattern"])
+                walk(sub)
+            walk(s.get("items"))
+
+    for t in catalog:
+        walk(t.result_schema or {})
+    for t in catalog:
+        walk(t.parameters)
+    return found
+
+
+def _own_shape(spec: ToolSpec, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` of id-like parameter `name`, narrowed to the pattern of the same-named field
+    of the tool's own result (a `reply_to_email.message_id` is a `MSG_…`, not an `EVT_…`)."""
+    own = ((spec.result_schema or {}).get("properties") or {}).get(name)
+    if "pattern" in schema or not isinstance(own, dict) or "pattern" not in own:
+        return schema
+    return {**schema, "pattern": own["pattern"]}
 
 
 def _result_keys(spec: ToolSpec) -> set[str]:
@@ -95,7 +121,7 @@ def step_scene(
     rng.shuffle(chosen)
 
     home, trip = rng.sample(W.CITIES, 2)
-    sampler = ValueSampler(rng)
+    sampler = ValueSampler(rng, id_patterns=id_patterns(catalog))
     produced = {key: t.name for t in chosen for key in _result_keys(t)}
     must: dict[str, Any] = {}
     optional_params: dict[str, Any] = {}
@@ -106,9 +132,9 @@ def step_scene(
             if sub.get("type") not in ("string", "number", "integer") or name in must:
                 continue
             by_other = name in produced and produced[name] != t.name
-            if _id_like(name) or "pattern" in sub and by_other:
+            if is_id_like(name, sub) or "pattern" in sub and by_other:
                 if not by_other and name in t.required:
-                    must[name] = sub  # a root id the user has to know (account, device)
+                    must[name] = _own_shape(t, name, sub)  # a root id the user must know
                 continue
             if name in ("lat", "lon", "lat1", "lat2", "lon1", "lon2") and by_other:
                 continue
@@ -202,31 +228,50 @@ def _hashable(v: Any) -> bool:
 
 
 class _Filler:
-    """Fills one call's arguments from facts, then memory, then sampling."""
+    """Fills one call's arguments. An id-like argument (`is_id_like`) is recalled from an
+    earlier result first, else taken from the user's facts; never invented at the top level
+    (a required one without a source makes the tool not callable yet). Other arguments come
+    from facts, then memory, then sampling. Ids nested in a sampled object
+    (`items[].item_id`) are recalled the same way, else invented in the catalog's shape and
+    stated in the query like any other sampled value."""
 
-    def __init__(self, facts: dict[str, Any], memory: list[tuple[str, Any]], rng: random.Random):
+    def __init__(
+        self,
+        facts: dict[str, Any],
+        memory: list[tuple[str, Any]],
+        rng: random.Random,
+        shapes: dict[str, str] | None = None,
+    ):
         self.facts, self.memory, self.rng = facts, memory, rng
-        self.nested_memory = False
-        self.given: list[tuple[str, Any]] = []
-        self.sampler = ValueSampler(rng, resolver=self._resolve)
+        self.recalled: set[str] = set()  # JSON of the nested ids taken from memory
+        self.n_recalled = 0
+        self.sampler = ValueSampler(rng, resolver=self._resolve, id_patterns=shapes)
 
     def _resolve(self, name: str, schema: dict[str, Any]) -> tuple[bool, Any]:
+        if is_id_like(name, schema):
+            found, value = _from_memory(name, schema, self.memory, self.rng)
+            if found:
+                self.n_recalled += 1
+                self.recalled.update(json.dumps(v) for v in _as_list(value))
+                return True, value
         if name in self.facts and is_valid(self.facts[name], schema):
             return True, self.facts[name]
-        if _id_like(name):
-            found, value = _from_memory(name, schema, self.memory, self.rng)
-            self.nested_memory |= found
-            return found, value
         return False, None
+
+    def _recall(
+        self, spec: ToolSpec, name: str, schema: dict[str, Any], rng: random.Random
+    ) -> tuple[bool, Any]:
+        return _from_memory(name, _own_shape(spec, name, schema), self.memory, rng)
 
     def callable(self, spec: ToolSpec) -> bool:
         props = spec.parameters.get("properties", {})
         for name in spec.required:
             sub = props.get(name, {})
+            if not is_id_like(name, sub):
+                continue
             if name in self.facts and is_valid(self.facts[name], sub):
                 continue
-            needs_memory = _id_like(name) and not ("enum" in sub or "const" in sub)
-            if needs_memory and not _from_memory(name, sub, self.memory, random.Random(0))[0]:
+            if not self._recall(spec, name, sub, random.Random(0))[0]:
                 return False
         return True
 
@@ -237,22 +282,28 @@ class _Filler:
         given: list[list[Any]] = []
         for name, sub in props.items():
             req = name in spec.required
+            id_like = is_id_like(name, sub)
             has_fact = name in self.facts and is_valid(self.facts[name], sub)
             if not req and self.rng.random() > (0.8 if has_fact else 0.25):
                 continue
+            if id_like:
+                found, value = self._recall(spec, name, sub, self.rng)
+                if found:
+                    args[name], sources[name] = value, "memory"
+                    continue
             if has_fact:
                 args[name], sources[name] = self.facts[name], "facts"
                 given.extend(_leaves(name, self.facts[name]))
+                continue
+            if id_like:
+                if req:
+                    raise Restart(f"{spec.name}: no value for required id {name!r}")
                 continue
             found, value = _from_memory(name, sub, self.memory, self.rng)
             if found:
                 args[name], sources[name] = value, "memory"
                 continue
-            if _id_like(name) and not ("enum" in sub or "const" in sub):
-                if req:
-                    raise Restart(f"{spec.name}: no value for required id {name!r}")
-                continue
-            self.nested_memory = False
+            before = self.n_recalled
             try:
                 value = self.sampler.sample(sub, name)
             except ValueError as e:
@@ -260,26 +311,33 @@ class _Filler:
                     raise Restart(f"{spec.name}: cannot fill {name!r}: {e}") from e
                 continue
             args[name] = value
-            sources[name] = "mixed" if self.nested_memory else "sampled"
-            given.extend(_leaves(name, value, skip_ids=self.nested_memory))
+            sources[name] = "mixed" if self.n_recalled > before else "sampled"
+            given.extend(_leaves(name, value, self.recalled))
         return args, sources, given
 
 
-def _leaves(path: str, value: Any, skip_ids: bool = False) -> list[list[Any]]:
-    """[path, value] for each string/number leaf the user must state."""
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _leaves(path: str, value: Any, recalled: set[str] | None = None) -> list[list[Any]]:
+    """[path, value] for each string/number leaf the user must state: all but booleans,
+    nulls and the ids in `recalled` (JSON), which came from earlier results."""
     if isinstance(value, dict):
-        return [leaf for k, v in value.items() for leaf in _leaves(f"{path}.{k}", v, skip_ids)]
+        return [leaf for k, v in value.items() for leaf in _leaves(f"{path}.{k}", v, recalled)]
     if isinstance(value, list):
-        return [leaf for v in value for leaf in _leaves(path, v, skip_ids)]
+        return [leaf for v in value for leaf in _leaves(path, v, recalled)]
     if isinstance(value, bool) or value is None:
         return []
-    if skip_ids and _id_like(path.split(".")[-1]):
+    if recalled and json.dumps(value) in recalled and is_id_like(path.split(".")[-1]):
         return []
     return [[path, value]]
 
 
 def _simulate(spec: ToolSpec, args: dict[str, Any], sampler: ValueSampler) -> dict[str, Any]:
-    """A result from the tool's result schema, echoing inputs into same-named fields."""
+    """A result from the tool's result schema, echoing inputs into same-named fields; a
+    list of entities of the kind an id argument names lists exactly those entities
+    (`control_lights(device_ids=[a, b])` → `updated` rows for a and b)."""
     schema = spec.result_schema or {"type": "object", "properties": {"status": {"const": "ok"}}}
     result = sampler.sample(schema, spec.name)
     if not isinstance(result, dict):
@@ -289,6 +347,25 @@ def _simulate(spec: ToolSpec, args: dict[str, Any], sampler: ValueSampler) -> di
         field = {k: v for k, v in props.get(key, {}).items() if k != "enum"}
         if key in props and is_valid(value, field):
             result[key] = value  # a weather result names the asked city, even off its enum
+    params = spec.parameters.get("properties", {})
+    for key, value in args.items():
+        if not is_id_like(key, params.get(key, {})):
+            continue
+        row_key, ids = (key[:-1], value) if isinstance(value, list) else (key, [value])
+        for field, sub in props.items():
+            rows_schema = sub.get("items") or {}
+            id_schema = (rows_schema.get("properties") or {}).get(row_key)
+            if not isinstance(result.get(field), list) or id_schema is None:
+                continue
+            if not sub.get("minItems", 0) <= len(ids) <= sub.get("maxItems", len(ids)):
+                continue
+            if not all(is_valid(i, id_schema) for i in ids):
+                continue
+            rows = result[field][: len(ids)]
+            rows += [sampler.sample(rows_schema, field) for _ in range(len(ids) - len(rows))]
+            for row, i in zip(rows, ids, strict=True):
+                row[row_key] = i
+            result[field] = rows
     return result
 
 
@@ -312,9 +389,10 @@ def step_trajectory(
     uses: dict[str, int] = defaultdict(int)
     turns: list[dict[str, Any]] = []
     n_calls = reuse = 0
-    sampler = ValueSampler(rng)
+    shapes = id_patterns(catalog)
+    sampler = ValueSampler(rng, id_patterns=shapes)
     while n_calls < target:
-        filler = _Filler(scene["facts"], memory, rng)
+        filler = _Filler(scene["facts"], memory, rng, shapes)
         ready = [t for t in tools if uses[t.name] < MAX_REPEAT and filler.callable(t)]
         if not ready:
             raise Restart(f"no callable tool after {n_calls} of {target} calls")

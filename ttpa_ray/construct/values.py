@@ -4,7 +4,8 @@
 formats (date, date-time, time, email, uri, uuid), `pattern` (via `regex_gen`), numeric
 bounds and multipleOf, string lengths, arrays and objects. When no format, pattern or
 enum applies, strings come from curated word lists chosen by the property's name and
-description, so a `city` looks like a city and a `subject` like a subject line.
+description, so a `city` looks like a city and a `subject` like a subject line. An id-like
+property (`is_id_like`) always gets an identifier (`is_identifier`), never words.
 """
 
 from __future__ import annotations
@@ -46,6 +47,57 @@ def is_valid(value: Any, schema: dict[str, Any]) -> bool:
     return _validator(json.dumps(schema, sort_keys=True)).is_valid(value)
 
 
+_ID_NAME = re.compile(r"(?:^|_)ids?$|[a-z0-9]Ids?$")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def is_id_like(name: str, schema: dict[str, Any] | None = None) -> bool:
+    """Whether a property names an entity by identifier, so that its value must be an
+    identifier from an earlier tool result or the user, never free text.
+
+    Id-like: the name is `id`/`ids` or ends in `_id`, `_ids`, `Id` or `Ids` (`message_id`,
+    `device_ids`, `userId`; not `paid`), or the schema has `format: uuid`. Not id-like,
+    whatever the name: a closed set (`enum`, `const`: its values are used as listed) and
+    boolean, object or null schemas. Integer ids are id-like (any integer is an identifier).
+    """
+    if schema is not None:
+        if "enum" in schema or "const" in schema:
+            return False
+        if schema.get("type") in ("boolean", "object", "null"):
+            return False
+        if schema.get("format") == "uuid":
+            return True
+    return bool(_ID_NAME.search(name))
+
+
+def is_identifier(value: Any) -> bool:
+    """Whether `value` has an identifier's shape: an integer, or 1–64 characters of letters,
+    digits and `_ . : -` (no spaces) with at least one digit — `MSG_8F3A2C1D`, a UUID, `42`.
+    A word (`work`) or a sentence is not one."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return (
+        isinstance(value, str)
+        and bool(_IDENTIFIER.fullmatch(value))
+        and any(c.isdigit() for c in value)
+    )
+
+
+def id_prefix(name: str) -> str:
+    """`MSG` for `message_id`: the stem's first letter and next consonants, upper case."""
+    stem = re.sub(r"(?:_?ids?|Ids?)$", "", name).split("_")[-1].lower() or "obj"
+    out = stem[0]
+    for c in stem[1:]:
+        if len(out) == 3:
+            break
+        if c.isalpha() and c not in "aeiou" and c != out[-1]:
+            out += c
+    return (out if len(out) == 3 else (stem + "xx")[:3]).upper()
+
+
 def _tokens(name: str) -> set[str]:
     return set(re.split(r"[^a-z0-9]+", name.lower())) - {""}
 
@@ -53,9 +105,18 @@ def _tokens(name: str) -> set[str]:
 class ValueSampler:
     """Draws schema-valid, natural-looking values from one `random.Random`."""
 
-    def __init__(self, rng: random.Random, resolver: Resolver | None = None):
+    def __init__(
+        self,
+        rng: random.Random,
+        resolver: Resolver | None = None,
+        id_patterns: dict[str, str] | None = None,
+    ):
+        """`id_patterns`: the catalog's identifier shape per property name (from result
+        schemas, e.g. `message_id` → `^MSG_[A-Z0-9]{8}$`), used for id-like properties
+        whose own schema has no pattern, so an invented id looks like the tools' own."""
         self.rng = rng
         self.resolver = resolver
+        self.id_patterns = id_patterns or {}
 
     # -- dispatch -------------------------------------------------------------------
     def sample(self, schema: dict[str, Any], name: str = "") -> Any:
@@ -111,6 +172,8 @@ class ValueSampler:
         lo, hi = schema.get("minLength", 0), schema.get("maxLength")
         if fmt in _FORMATS:
             value = _FORMATS[fmt](self, name)
+        elif is_id_like(name, schema):
+            value = self.identifier(name, schema)
         else:
             words = self.words(name, schema.get("description", ""))
             if pattern:
@@ -125,10 +188,25 @@ class ValueSampler:
         return value
 
     def _fallback(self, name: str) -> str:
-        if name.endswith("_id") or name == "id":
-            prefix = (name[:3] if name != "id" else "obj").upper()
-            return f"{prefix}_{self.rng.randrange(16**8):08X}"
         return " ".join(self.rng.sample(W.WORDS, 2))
+
+    def identifier(self, name: str, schema: dict[str, Any] | None = None) -> str:
+        """A fresh identifier for property `name` that validates against `schema`: from its
+        pattern (or the catalog's pattern for `name`), redrawn until it has a digit, else
+        `PFX_` + 8 upper-case letters and digits (`MSG_8F3A2C1D`)."""
+        schema = schema or {}
+        pattern = schema.get("pattern") or self.id_patterns.get(name)
+        if pattern:
+            value = ""
+            for _ in range(20):  # `^ART_[A-Z0-9]{8}$` draws no digit 7% of the time
+                value = sample_pattern(pattern, self.rng)
+                if is_identifier(value) and is_valid(value, schema):
+                    return value
+            if "pattern" in schema:
+                return value
+        body = [self.rng.choice(_ID_CHARS) for _ in range(8)]
+        body[self.rng.randrange(8)] = str(self.rng.randrange(10))
+        return f"{id_prefix(name)}_{''.join(body)}"
 
     def person(self) -> str:
         return f"{self.rng.choice(W.FIRST_NAMES)} {self.rng.choice(W.LAST_NAMES)}"

@@ -132,6 +132,7 @@ def run_eval(
     distractors: int | None = None,
     seed: int = 0,
     max_turns: int | None = None,
+    fit: Any = None,
     max_retries: int = 3,
     timeout_s: float = 60.0,
     progress: bool = True,
@@ -141,15 +142,15 @@ def run_eval(
     into `out` and return the metrics. Raises ValueError when the suite has no example.
 
     Held-out suite: `limit` turns sampled with `seed` from the turns with index <
-    `max_turns` (`ttpa_ray.eval.suites.load_heldout`); `seed` also seeds the bootstrap
-    intervals."""
+    `max_turns` (`ttpa_ray.eval.suites.load_heldout`), fitted by `fit` as SFT and TPS
+    fit theirs; `seed` also seeds the bootstrap intervals."""
     from ttpa_ray.engines.base import GenerationParams
     from ttpa_ray.engines.openai_engine import OpenAIEngine
     from ttpa_ray.schema.io import StageCounts, write_manifest, write_quarantine, write_rows
     from ttpa_ray.schema.records import QuarantineRecord
 
     loaded: Suite = load_suite(
-        suite, limit=limit, distractors=distractors, seed=seed, max_turns=max_turns
+        suite, limit=limit, distractors=distractors, seed=seed, max_turns=max_turns, fit=fit
     )
     if not loaded.examples:
         reasons = sorted({q.reason.split(":")[0] for q in loaded.quarantine})

@@ -120,12 +120,14 @@ def load_heldout(
     n: int | None = None,
     seed: int = 0,
     max_turns: int | None = None,
+    fit: Any = None,
 ) -> tuple[list[Example], list[QuarantineRecord], dict[str, Any]]:
     """Tool-call turns of the test split of a construct run: the pool is every turn with
     k < `max_turns` (the range TPS samples: `sample.max_turns_per_episode`; None: all);
     `n` draws a sample of it stratified by (seen vs held-out tools, k) with proportional
     allocation, seeded by `seed` (`stratified_sample`); `n=None` keeps the whole pool.
-    Examples come in file and turn order.
+    Examples come in file and turn order. `fit` (a `sample.turns.PromptFit`) fits each
+    prompt to a token budget exactly as SFT and TPS do (over-long ones are quarantined).
 
     A pool smaller than `n` is taken whole, with a warning; `info["sampling"]` records
     `requested`, `pool`, `n`, `seed`, `max_turns`, `took_all` and per stratum
@@ -147,7 +149,7 @@ def load_heldout(
     strata: list[tuple[str, int]] = []
     bad: list[QuarantineRecord] = []
     for row in read_rows(path):
-        turns, rejected = episode_turns(row, max_turns, distractors)
+        turns, rejected = episode_turns(row, max_turns, distractors, fit)
         bad += [QuarantineRecord("eval.heldout", q.row_id, q.reason, q.raw) for q in rejected]
         for t in turns:
             called = {c["name"] for c in t.gold_calls}
@@ -263,16 +265,17 @@ def load_suite(
     distractors: int | None = None,
     seed: int = 0,
     max_turns: int | None = None,
+    fit: Any = None,
 ) -> Suite:
-    """Load a suite spec (see the module doc). `seed` and `max_turns` apply to the held-out
-    suite only (`load_heldout`). Raises ValueError / FileNotFoundError for a spec that
+    """Load a suite spec (see the module doc). `seed`, `max_turns` and `fit` apply to the
+    held-out suite only (`load_heldout`). Raises ValueError / FileNotFoundError for a spec that
     cannot be read; an empty result is the caller's business."""
     kind, arg = parse_spec(spec)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if kind == "heldout":
         examples, bad, info = load_heldout(
-            arg, distractors, n=limit, seed=seed, max_turns=max_turns
+            arg, distractors, n=limit, seed=seed, max_turns=max_turns, fit=fit
         )
     elif kind == "bfcl":
         from ttpa_ray.tools import bfcl

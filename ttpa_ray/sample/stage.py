@@ -32,7 +32,13 @@ from ttpa_ray.config import SampleConfig
 from ttpa_ray.ray_utils import remote_args
 from ttpa_ray.sample.candidates import Candidate, dedupe
 from ttpa_ray.sample.pairs import ScoredCandidate, pair_rows, to_sharegpt, to_trl
-from ttpa_ray.sample.turns import SAMPLED_SCHEMA, TURN_SCHEMA, Turn, episode_turns
+from ttpa_ray.sample.turns import (
+    SAMPLED_SCHEMA,
+    TURN_SCHEMA,
+    PromptFit,
+    Turn,
+    episode_turns,
+)
 from ttpa_ray.schema.io import StageCounts, config_hash, read_table, write_manifest, write_rows
 from ttpa_ray.schema.records import PAIR_SCHEMA, QUARANTINE_SCHEMA, QuarantineRecord
 
@@ -267,11 +273,11 @@ def _check_inputs(cfg: SampleConfig) -> None:
 
 
 def _shard_turns(
-    episodes: list[dict[str, Any]], shard: int, cfg: SampleConfig
+    episodes: list[dict[str, Any]], shard: int, cfg: SampleConfig, fit: PromptFit | None
 ) -> tuple[list[dict[str, Any]], list[QuarantineRecord], int]:
     rows, bad, found = [], [], 0
     for ep in episodes:
-        turns, q = episode_turns(ep, cfg.max_turns_per_episode, cfg.distractors)
+        turns, q = episode_turns(ep, cfg.max_turns_per_episode, cfg.distractors, fit)
         rows += [{**t.to_row(), "shard": shard} for t in turns]
         bad += q
         found += len(turns) + len(q)
@@ -315,6 +321,7 @@ def run_sample(
     )
     shards: list[Path] = []
     pending: dict[int, tuple[Path, list[dict[str, Any]], list[QuarantineRecord], int]] = {}
+    fit = prompt_fit(cfg)  # over-long prompts omit old tool results, as in SFT and eval
     for k, start in enumerate(range(0, table.num_rows, cfg.shard_size)):
         n = min(cfg.shard_size, table.num_rows - start)
         shard = out / "shards" / f"shard-{start:08d}-{n}"
@@ -322,7 +329,7 @@ def run_sample(
         done = shard / "_SUCCESS"
         if done.exists() and json.loads(done.read_text()).get("key") == key:
             continue
-        rows, bad, found = _shard_turns(table.slice(start, n).to_pylist(), k, cfg)
+        rows, bad, found = _shard_turns(table.slice(start, n).to_pylist(), k, cfg, fit)
         pending[k] = (shard, rows, bad, found)
     skipped = len(shards) - len(pending)
     bar = tqdm(
@@ -451,19 +458,32 @@ def _divergence(cfg: SampleConfig, pairs: pa.Table) -> dict[str, Any]:
     if not any(r["source"] == "branch" and r["branch_token_index"] >= 0 for r in rows):
         return {}
     try:
-        from transformers import AutoTokenizer
-
-        path = str(cfg.policy)
-        if storage.is_uri(path):
-            key = hashlib.sha256(path.encode()).hexdigest()[:16]
-            local = storage.cache_root() / f"tokenizer-{key}"
-            for name in _TOKENIZER_FILES:
-                storage.download(storage.join(path, name), local / name)
-            path = str(local)
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = policy_tokenizer(str(cfg.policy))
     except Exception as exc:
         return {"branch_divergence_error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"branch_divergence": branch_divergence(rows, tok)}
+
+
+def policy_tokenizer(path: str) -> Any:
+    """The tokenizer of a model dir or URI (for a URI only the tokenizer files are
+    fetched, into the per-node cache), for the driver-side steps that count tokens."""
+    from transformers import AutoTokenizer
+
+    if storage.is_uri(path):
+        key = hashlib.sha256(path.encode()).hexdigest()[:16]
+        local = storage.cache_root() / f"tokenizer-{key}"
+        for name in _TOKENIZER_FILES:
+            storage.download(storage.join(path, name), local / name)
+        path = str(local)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def prompt_fit(cfg: SampleConfig) -> PromptFit | None:
+    """The prompt budget `sample.max_prompt_tokens` in the policy's tokens (None: unset,
+    or an openai policy, whose tokenizer is not ours to load)."""
+    if cfg.max_prompt_tokens is None or cfg.engine == "openai" or not cfg.policy:
+        return None
+    return PromptFit.for_tokenizer(policy_tokenizer(str(cfg.policy)), cfg.max_prompt_tokens)
 
 
 def _finalize(

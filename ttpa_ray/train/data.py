@@ -136,11 +136,14 @@ def sft_turn_examples(
     max_turns: int | None = None,
     final_answers: float = 0.0,
     seed: int = 0,
+    max_prompt_tokens: int | None = None,
 ) -> tuple[list[SFTExample], list[tuple[str, str]]]:
     """One episode row → (its SFT turn examples, [(turn id, reason)] of those that cannot
-    be used). Turns come from `episode_turns` (the prompts TPS and eval use); the final
-    text answer is added for a seeded `final_answers` share of episodes."""
-    turns, bad = episode_turns(row, max_turns, distractors)
+    be used). Turns come from `episode_turns` (the prompts TPS and eval use, fitted to
+    `max_prompt_tokens` as there); the final text answer is added for a seeded
+    `final_answers` share of episodes."""
+    fit = PromptFit.for_tokenizer(tokenizer, max_prompt_tokens) if max_prompt_tokens else None
+    turns, bad = episode_turns(row, max_turns, distractors, fit)
     skipped = [(q.row_id, q.reason) for q in bad]
     out: list[SFTExample] = []
     for t in turns:

@@ -88,6 +88,7 @@ def prepare_examples(
                 max_turns=cfg.max_turns_per_episode,
                 final_answers=cfg.final_answers,
                 seed=cfg.seed,
+                max_prompt_tokens=cfg.max_prompt_tokens,
             )
             examples += got
             fitted += sum(int(e.fitted) for e in got)
