@@ -346,11 +346,12 @@ class Pipeline:
 
     def _dpo_response(self) -> dict[str, Any]:
         """The response-level DPO baseline on the same turns: chosen = the gold answer,
-        rejected = one sampled full response (n_sample) of the turn; no ESM weights or
-        thresholds, no token-level mask (`train.dpo.token_level` off in its overrides)."""
-        pairs = build_response_pairs(self.run / "sample" / "pairs.parquet")
+        rejected = one sampled full response (n_sample) of the turn that is worse than gold
+        (`sample.pairs.response_pairs`); no ESM weights or thresholds, no token-level mask
+        (`train.dpo.token_level` off in its overrides)."""
+        pairs = build_response_pairs(self.run / "sample", self.run / "construct", self.cfg)
         if not pairs:
-            raise ValueError("dpo_response: TPS produced no n_sample pairs to build the baseline")
+            raise ValueError("dpo_response: TPS sampled no response worse than gold")
         from ttpa_ray.schema.records import PAIR_SCHEMA
 
         path = self.run / "dpo_response" / "pairs" / "pairs.parquet"
@@ -417,28 +418,17 @@ class Pipeline:
         return {}
 
 
-def build_response_pairs(pairs_path: Path) -> list[dict[str, Any]]:
-    """Response-level pairs from the TPS output: per turn, the gold answer (chosen; pairs
-    whose chosen scored 1.0 are gold or equal to it) against the first sampled response
-    that lost to it; `source` `response`, no branch index."""
-    seen: set[str] = set()
-    out = []
-    for row in read_rows(pairs_path):
-        turn = row["id"].rsplit(":p", 1)[0]
-        if row["source"] != "n_sample" or row["chosen_score"] < 1.0 or turn in seen:
-            continue
-        seen.add(turn)
-        out.append(
-            {
-                **row,
-                "id": f"{turn}:response",
-                "source": "response",
-                "branch_token_index": -1,
-                "chosen_score": 1.0,
-                "rejected_score": 0.0,
-            }
-        )
-    return out
+def build_response_pairs(
+    sample_dir: Path, construct_dir: Path, cfg: Config
+) -> list[dict[str, Any]]:
+    """The baseline's pairs from a TPS output: its turns rebuilt with the one prompt
+    builder (the SFT policy's tokenizer for the fit), its `n_sample` candidates."""
+    from ttpa_ray.sample.pairs import response_pairs
+    from ttpa_ray.sample.stage import sampled_turns
+
+    policy = sample_dir.parent / "sft" / "model"
+    turns = sampled_turns(cfg.sample.model_copy(update={"policy": str(policy)}), construct_dir)
+    return response_pairs(turns, read_rows(sample_dir / "candidates.parquet"))
 
 
 def run_pipeline(

@@ -85,8 +85,10 @@ def test_killed_during_tps_resumes_without_recomputing(tmp_path):
     assert after["sample"]["status"] == "done" and after["sample"]["status_this_run"] == "ran"
     assert digest(run / "sft" / "model" / "model.safetensors") == sft_weights
     assert "ttpa" not in after  # --until stopped there
-    pairs = build_response_pairs(run / "sample" / "pairs.parquet")
-    assert all(p["source"] == "response" and p["chosen_score"] == 1.0 for p in pairs)
+    pairs = build_response_pairs(run / "sample", run / "construct", load_config(REDUCED))
+    assert pairs and all(p["source"] == "response" and p["chosen_score"] == 1.0 for p in pairs)
+    assert all(p["rejected_score"] < 1.0 for p in pairs)
+    assert len({p["id"] for p in pairs}) == len(pairs)  # one per turn
 
     # --from re-runs that stage even though it is up to date
     again = subprocess.run(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 
 from ttpa_ray.sample.candidates import Candidate
-from ttpa_ray.sample.pairs import ScoredCandidate, pair_rows, pair_rule, to_sharegpt, to_trl
+from ttpa_ray.sample.pairs import (
+    ScoredCandidate,
+    pair_rows,
+    pair_rule,
+    response_pairs,
+    to_sharegpt,
+    to_trl,
+)
 from ttpa_ray.sample.turns import episode_turns
 from ttpa_ray.schema.records import PAIR_SCHEMA, PreferencePair
 
@@ -72,3 +79,26 @@ def test_exports(episode_rows):
     assert json.loads(share["rejected"]["value"])[0]["arguments"]["zzz"] == 1
     assert share["conversations"][0]["from"] == "human"
     assert share["system"] and json.loads(share["tools"])
+
+
+def test_response_pairs_gold_against_the_first_worse_sample(episode_rows):
+    turns = [t.to_row() for r in episode_rows[:2] for t in episode_turns(r, 2, 1)[0]]
+    a, b = turns[0], turns[1]
+
+    def cand(turn, source, text, score):
+        return {"turn_id": turn["id"], "source": source, "text": text, "esm_score": score}
+
+    candidates = [
+        cand(a, "branch", "x", 0.1),  # branch candidates are not responses
+        cand(a, "n_sample", a["gold_text"], 1.0),  # as good as gold: skipped
+        cand(a, "n_sample", "first worse", 0.4),
+        cand(a, "n_sample", "second worse", 0.0),
+        cand(b, "n_sample", b["gold_text"], 1.0),  # no worse sample: no pair
+    ]
+    rows = response_pairs(turns, candidates)
+    assert [r["id"] for r in rows] == [f"{a['id']}:response"]
+    (row,) = rows
+    assert row["source"] == "response" and row["branch_token_index"] == -1
+    assert row["chosen_text"] == a["gold_text"] and row["chosen_score"] == 1.0
+    assert row["rejected_text"] == "first worse" and row["rejected_score"] == 0.4
+    assert PreferencePair.from_row(row).prompt  # a valid PAIR_SCHEMA row

@@ -218,6 +218,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "esm": _mean([r["esm"] for r in rows]),
         "exact": _mean([r["exact"] for r in rows]),
         "ast": _mean([r["ast"] for r in rows]),
+        "name_acc": _mean([r.get("name_acc") for r in rows]),
+        "parse_rate": _mean([r.get("parsed") for r in rows]),
     }
 
 
@@ -229,7 +231,8 @@ def aggregate(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     percentile bootstrap interval `<metric>_ci` = [lo, hi] (`ttpa_ray.eval.stats`, seeded
     by `seed`; None when the metric applies nowhere); `errors` {kind: count} (every row not
     `ok`, sorted by kind); `context_length_exceeded` (requests refused as longer than the
-    context; also in `errors`); `by_category` {category: {n, esm, exact, ast}} (sorted).
+    context; also in `errors`); `by_category` {category: {n, esm, exact, ast, name_acc,
+    parse_rate}} (sorted).
     """
     errors = Counter(error_kind(r["error_type"]) for r in rows if r["error_type"] != OK)
     buckets: dict[str, list[dict[str, Any]]] = {}

@@ -107,6 +107,45 @@ def pair_rows(
     return rows
 
 
+def response_pairs(
+    turns: list[dict[str, Any]], candidates: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The response-level DPO baseline's pairs (PAIR_SCHEMA rows), one per turn: chosen =
+    the gold answer, rejected = the turn's first `n_sample` candidate (in sampling order)
+    whose ESM is below 1, i.e. a sampled full response that is not as good as gold; no
+    ESM margin, no branch index. A turn whose samples all score 1 has no pair.
+
+    `turns`: `Turn.to_row()` dicts (the prompts TPS sampled); `candidates`: rows of
+    `candidates.parquet` (`turn_id`, `source`, `text`, `esm_score`).
+    """
+    first: dict[str, dict[str, Any]] = {}
+    for c in candidates:
+        if c["source"] == "n_sample" and float(c["esm_score"]) < 1.0:
+            first.setdefault(str(c["turn_id"]), c)
+    rows = []
+    for turn in turns:
+        rejected = first.get(turn["id"])
+        if rejected is None:
+            continue
+        pair = PreferencePair(
+            id=f"{turn['id']}:response",
+            episode_id=turn["episode_id"],
+            turn_index=int(turn["turn_index"]),
+            prompt=[Message.from_any(m) for m in json.loads(turn["prompt"])],
+            tools=json.loads(turn["tools"]),
+            chosen=[Message.from_any(json.loads(turn["gold"]))],
+            rejected=[assistant_message(rejected["text"])],
+            chosen_score=1.0,
+            rejected_score=float(rejected["esm_score"]),
+            source="response",
+            branch_token_index=-1,
+            chosen_text=turn["gold_text"],
+            rejected_text=rejected["text"],
+        )
+        rows.append(pair.to_row())
+    return rows
+
+
 # -- exports ---------------------------------------------------------------------------------
 
 

@@ -272,6 +272,16 @@ def _check_inputs(cfg: SampleConfig) -> None:
         raise ValueError(f"sample.api_key_env: environment variable {cfg.api_key_env} is not set")
 
 
+def sampled_turns(cfg: SampleConfig, episodes: str | Path) -> list[dict[str, Any]]:
+    """The turn rows `run_sample` samples for `cfg` (same episodes, builder and fit),
+    without sampling: what a baseline built from its candidates needs (the gold turn)."""
+    table = read_table(resolve_episodes(episodes, cfg.split))
+    if cfg.max_episodes is not None:
+        table = table.slice(0, cfg.max_episodes)
+    rows, _, _ = _shard_turns(table.to_pylist(), 0, cfg, prompt_fit(cfg))
+    return rows
+
+
 def _shard_turns(
     episodes: list[dict[str, Any]], shard: int, cfg: SampleConfig, fit: PromptFit | None
 ) -> tuple[list[dict[str, Any]], list[QuarantineRecord], int]:
