@@ -67,6 +67,7 @@ def warm_start(model: Any, tok: Any, turns: list[Any], steps: int, seed: int) ->
 
 def run_variant(sampler: Any, turns: list[Any], mode: str) -> dict[str, float]:
     from ttpa_ray.sample.pairs import ScoredCandidate, pair_rule
+    from ttpa_ray.schema.tool_call_text import parse_prediction
     from ttpa_ray.score.esm import esm_score
 
     tokens = pairs = cands = 0
@@ -78,7 +79,11 @@ def run_variant(sampler: Any, turns: list[Any], mode: str) -> dict[str, float]:
 
         kept = dedupe(got.candidates)
         cands += len(kept)
-        scored = [ScoredCandidate(c, esm_score(c.text, t.gold_calls, t.tools)) for c in kept]
+        # candidates are model text: the one text→calls function eval and TPS use
+        scored = [
+            ScoredCandidate(c, esm_score(parse_prediction(c.text)[0], t.gold_calls, t.tools))
+            for c in kept
+        ]
         pairs += len(pair_rule(scored, 0.8))
     seconds = time.perf_counter() - t0
     return {

@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=3000, help="the longer SFT start")
     ap.add_argument("--tps-episodes", type=int, default=100, help="episodes TPS samples")
     ap.add_argument("--dpo-steps", type=int, default=40, help="steps of each DPO run")
+    ap.add_argument("--eval-limit", type=int, help="held-out turns (default: the config's)")
     ap.add_argument("--no-ablations", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -91,6 +92,8 @@ def main() -> None:
     base = load_config(args.config)
     base.pipeline.sft.update(max_steps=args.sft_steps, checkpoint_every=args.sft_steps)
     base.sample.max_episodes = args.tps_episodes
+    if args.eval_limit:
+        base.pipeline.eval_limit = args.eval_limit
     for which in ("ttpa", "dpo_response"):
         getattr(base.pipeline, which).update(
             max_steps=args.dpo_steps, checkpoint_every=args.dpo_steps
@@ -179,7 +182,8 @@ def report(
         f"{cfg.pipeline.sft.get('micro_batch_size')} packed rows of {cfg.pipeline.sft.get('max_len')}"
         f" tokens) in {timings['sft_start'] / 60:.1f} min; {args.seeds} seeds of TPS "
         f"({args.tps_episodes} episodes) + {args.dpo_steps} DPO steps per model; "
-        f"eval: {cfg.pipeline.eval_limit} held-out turns; total {total_s / 60:.1f} min"
+        f"eval: {args.eval_limit or cfg.pipeline.eval_limit} held-out turns; "
+        f"total {total_s / 60:.1f} min"
     )
     print("per seed (exact / ESM / name / parse), pairs trained on:")
     for s, by in results.items():

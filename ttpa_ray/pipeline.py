@@ -172,6 +172,7 @@ class Pipeline:
                 f"{label}: running{eta} (run time so far {time.perf_counter() - t_run:.0f}s)",
                 flush=True,
             )
+            self._fresh(stage)
             t0, started = time.perf_counter(), round(time.time(), 3)
             if self.timeline is not None:
                 self.timeline.set_stage(stage)
@@ -212,6 +213,22 @@ class Pipeline:
             if stage == stop_after:
                 break
         return self.state
+
+    def _fresh(self, stage: str) -> None:
+        """Empty a stage's dir when it last ran under another key (changed settings or
+        inputs): its shards and checkpoints belong to that run, and Ray Train would resume
+        from them. A stage that failed or was stopped under the same key keeps them and
+        resumes."""
+        import shutil
+
+        rec = self.state["stages"].get(stage) or {}
+        path = self.run / stage
+        if (
+            rec.get("key") not in (None, self.key(stage))
+            and path.is_dir()
+            and not path.is_symlink()
+        ):
+            shutil.rmtree(path)
 
     def _eta(self, stage: str) -> str:
         prev = (self.state["stages"].get(stage) or {}).get("seconds")

@@ -118,3 +118,17 @@ def test_keys_follow_settings_and_inputs(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         a.run_all(start="nope")
     assert STAGES[0] == "construct" and STAGES[-1] == "report"
+
+
+def test_a_stage_rerun_under_a_new_key_starts_fresh(tmp_path):
+    """Checkpoints of a run with other settings are not resumed (Ray Train would pick up
+    its latest checkpoint); a stage stopped under the same key keeps them."""
+    pipe = Pipeline(load_config(REDUCED), tmp_path)
+    ckpt = tmp_path / "sft" / "ray" / "checkpoint_000900"
+    ckpt.mkdir(parents=True)
+    pipe.state["stages"]["sft"] = {"status": "running", "key": pipe.key("sft")}
+    pipe._fresh("sft")
+    assert ckpt.exists()  # same settings: resume
+    pipe.state["stages"]["sft"] = {"status": "done", "key": "an-older-key"}
+    pipe._fresh("sft")
+    assert not (tmp_path / "sft").exists()

@@ -282,3 +282,23 @@ def test_pair_decisions_show_divergence_and_threshold_share(full_run: Path) -> N
     failed = sec_pair_decisions({**rest, "branch_divergence_error": "OSError: no tokenizer"})
     assert "branch divergence: OSError: no tokenizer" in failed
     assert sec_pair_decisions(None) == ""
+
+
+def test_headline_shows_the_branch_histogram_and_the_exact_note(full_run: Path, tmp_path) -> None:
+    text = headline(full_run)
+    line = next(ln for ln in text.splitlines() if ln.startswith("TPS:"))
+    # 15 branch pairs, most common class first, shares of the total
+    assert line.startswith("TPS: 15 branch pairs diverge at arg_value 7 (47%), arg_key 3 (20%)")
+    assert "threshold in 30% of turns" in line
+    assert "NOTE: exact-call accuracy is ~0" not in text  # the fixture's models get calls right
+    # every model's exact interval below 0.05: the demo says so plainly
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    path = run / "eval" / "summary.json"
+    summary = json.loads(path.read_text())
+    for model in MODELS:
+        summary[model].update(exact=0.0, exact_ci=[0.0, 0.0])
+    path.write_text(json.dumps(summary))
+    assert "NOTE: exact-call accuracy is ~0 for every model" in headline(run)

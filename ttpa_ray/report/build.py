@@ -211,6 +211,44 @@ def _warning(h: Headline) -> str | None:
     return sft_warning(h.entries)
 
 
+# Said plainly when no model gets a whole call right (the CPU demo's budget).
+EXACT_NOTE = (
+    "exact-call accuracy is ~0 for every model: at this training budget the policy has "
+    "learnt the call format and (part of) the tool names, not yet the argument values, so "
+    "compare ESM, tool-name accuracy and parse rate here; benchmarks/ttpa_gain.py trains a "
+    "longer SFT start and measures TTPA's gain over seeds (README: Results)"
+)
+
+
+def _divergence_text(run: Run) -> str | None:
+    """One line on what the TPS pairs teach: where branch pairs diverge, by token class,
+    and how often the best sample reached the pair threshold."""
+    try:
+        m = run.json("sample/manifest.json")
+    except MissingInput:
+        return None
+    hist = m.get("branch_divergence") if isinstance(m, dict) else None
+    if not isinstance(hist, dict) or not sum(hist.values()):
+        return None
+    total = sum(hist.values())
+    parts = [
+        f"{k} {v} ({v / total:.0%})" for k, v in sorted(hist.items(), key=lambda x: -x[1]) if v
+    ]
+    line = f"TPS: {total} branch pairs diverge at " + ", ".join(parts)
+    share = m.get("best_at_threshold_share")
+    if isinstance(share, int | float):
+        line += f"; the best sample reached the pair threshold in {share:.0%} of turns"
+    return line
+
+
+def _exact_note(h: Headline) -> str | None:
+    """`EXACT_NOTE` when every model's exact-call interval lies below 0.05."""
+    highs = [(e.get("exact_ci") or [None, None])[1] for e in h.entries.values()]
+    if highs and all(isinstance(x, int | float) and x < 0.05 for x in highs):
+        return EXACT_NOTE
+    return None
+
+
 def headline(run_dir: str | Path) -> str:
     """The headline table as plain text: models × exact-call accuracy, mean ESM, tool-name
     accuracy and parse rate on the held-out suite with 95% bootstrap intervals and `n`
@@ -233,8 +271,10 @@ def headline(run_dir: str | Path) -> str:
     p_header, p_rows = _paired_table(h)
     if p_rows:
         out += ["paired differences on the same examples:", *_text_table(p_header, p_rows)]
-    out += [t for t in (_sampling_text(h.sampling), _context_text(h)) if t]
+    out += [t for t in (_sampling_text(h.sampling), _context_text(h), _divergence_text(run)) if t]
     out.append(f"(* {BEST_RULE})")
+    if exact := _exact_note(h):
+        out.append(f"NOTE: {exact}")
     if warning := _warning(h):
         out.append(warning)
     return "\n".join(out)
@@ -264,6 +304,8 @@ def _sec_headline(run: Run) -> str:
         ]
     parts += [note(t + ".") for t in (_sampling_text(h.sampling), _context_text(h)) if t]
     parts.append(note(f"Bold: {BEST_RULE}."))
+    if exact := _exact_note(h):
+        parts.append(note(f"Note: {exact}.", cls="warn"))
     if warning := _warning(h):
         parts.append(note(warning, cls="warn"))
     return "".join(str(p) for p in parts)
