@@ -1,6 +1,6 @@
 """Does TTPA help? One longer SFT start, then SFT vs response-level DPO vs TTPA over seeds.
 
-Run: `make bench` (or `.venv/bin/python benchmarks/ttpa_gain.py [--seeds 3 --sft-steps 3000]`).
+Run: `make bench` (or `.venv/bin/python benchmarks/ttpa_gain.py [--seeds 3 --sft-steps 5000]`).
 
 1. One SFT start on `configs/tiny-cpu.yaml` (construction, the tiny model, SFT for
    `--sft-steps`, longer than the demo's so that argument values start to be right).
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--config", default=str(ROOT / "configs" / "tiny-cpu.yaml"))
     ap.add_argument("--keep", help="keep the run dirs under this directory")
-    ap.add_argument("--sft-steps", type=int, default=3000, help="the longer SFT start")
+    ap.add_argument("--sft-steps", type=int, default=5000, help="the longer SFT start")
     ap.add_argument("--tps-episodes", type=int, default=100, help="episodes TPS samples")
     ap.add_argument("--dpo-steps", type=int, default=40, help="steps of each DPO run")
     ap.add_argument("--eval-limit", type=int, help="held-out turns (default: the config's)")
@@ -102,6 +102,9 @@ def main() -> None:
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
+        from ttpa_ray.ray_utils import init_ray
+
+        init_ray(log_file=root / "ray.log")  # Ray's own output there, not on the screen
         start = root / "sft-start"
         t0 = time.perf_counter()
         run_pipeline(base, start, progress=False, until="sft")
