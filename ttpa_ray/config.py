@@ -166,7 +166,11 @@ class SampleConfig(Strict):
     device: str = Field("cpu", description="hf: torch device")
     dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
     max_prompt_tokens: int | None = Field(
-        None, gt=0, description="hf: longer prompts quarantine their turn (never truncated)"
+        None,
+        gt=0,
+        description="prompt token budget of every tool-call turn (SFT, TPS and eval alike): "
+        "a longer prompt omits its oldest tool results, else its turn is quarantined; "
+        "never truncated (None: no budget; hf: the model's context)",
     )
     # openai
     api_key_env: str | None = None

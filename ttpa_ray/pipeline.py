@@ -335,8 +335,9 @@ class Pipeline:
                     "",
                     f"Tool-call turns as SFT, TPS and eval see them: {cfg.distractors} "
                     f"distractor tool(s), first {cfg.max_turns_per_episode} turns per episode; "
-                    f"{m.get('fitted', 0)} prompt(s) omit old tool results to fit max_len "
-                    f"{cfg.max_len}; too long for it: see `sft/quarantine.parquet`.",
+                    f"{m.get('fitted', 0)} prompt(s) omit old tool results to fit "
+                    f"max_prompt_tokens {cfg.max_prompt_tokens} or max_len {cfg.max_len}; "
+                    "too long even so: see `sft/quarantine.parquet`.",
                     "",
                     "| turns | min | p50 | p90 | p99 | max |",
                     "|---|---|---|---|---|---|",

@@ -122,7 +122,14 @@ def test_aggregate_means_skip_not_applicable():
     assert (m["n"], m["esm"], m["exact"], m["ast"]) == (3, 0.75, 0.5, 0.5)
     assert m["errors"] == {"request_error": 1, "wrong_name": 1}
     assert list(m["by_category"]) == ["a", "b", "x", "y"]
-    assert m["by_category"]["a"] == {"n": 2, "esm": 0.75, "exact": 0.5, "ast": 1.0}
+    assert m["by_category"]["a"] == {
+        "n": 2,
+        "esm": 0.75,
+        "exact": 0.5,
+        "ast": 1.0,
+        "name_acc": None,  # these hand-made rows carry no name_acc / parsed
+        "parse_rate": None,
+    }
     assert m["by_category"]["x"]["ast"] is None
     assert error_kind("call_count:1!=2") == "call_count"
     assert aggregate([])["esm"] is None

@@ -137,7 +137,14 @@ def test_metrics_on_scripted_endpoint(tmp_path, fake_server):
     assert m["request_errors"] == 1 and m["quarantined"] == 2
     single = m["by_category"]["single_call"]
     assert single["n"] == 5 and single["exact"] == pytest.approx(0.2)
-    assert m["by_category"]["multi_call"] == {"n": 1, "esm": 1.0, "exact": 1.0, "ast": None}
+    assert m["by_category"]["multi_call"] == {
+        "n": 1,
+        "esm": 1.0,
+        "exact": 1.0,
+        "ast": None,
+        "name_acc": 1.0,
+        "parse_rate": 1.0,
+    }
     assert m["by_category"]["toolbench"]["n"] == 6
 
     rows = read_rows(out / "results.parquet")

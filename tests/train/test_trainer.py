@@ -48,7 +48,10 @@ def pairs_path(tmp_path_factory) -> Path:
 
 def cfg(**kw: Any) -> TrainConfig:
     base = {
-        "max_len": 384,
+        # SFT turns with the called tools + 1 (as tiny-cpu): prompts fit whole, never cut
+        "max_len": 1536,
+        "distractors": 1,
+        "max_turns_per_episode": 2,
         "micro_batch_size": 4,
         "max_steps": 4,
         "lr": 3e-3,
@@ -84,7 +87,10 @@ def test_sft_zero2_two_workers_survives_a_failure(ray_local, tmp_path, model_dir
     assert steps == [1, 2, 3, 3, 4], steps
     assert (out / ".failed_once").read_text() == "3"
     assert manifest["steps"] == 4 and manifest["mode"] == "sft"
-    assert manifest["stages"][0]["rows_in"] == 12 == manifest["stages"][0]["rows_out"]
+    # one example per tool-call turn (≤ 2 per episode) + a share of final answers
+    counts = manifest["stages"][0]
+    assert counts["rows_in"] == counts["rows_out"] + counts["rows_quarantined"]
+    assert 12 <= counts["rows_out"] <= counts["rows_in"] <= 36
     losses = [m["loss"] for m in metrics(out)]
     assert losses[-1] < losses[0]
     assert all(m["tokens_per_s"] > 0 and m["mfu"] > 0 for m in metrics(out))
@@ -148,6 +154,10 @@ def test_bad_training_inputs(tmp_path, model_dir, episodes):
     with pytest.raises(ValueError, match="all 3 rows quarantined"):
         run_training("sft", cfg(), bad, model_dir, tmp_path / "q")
     q = read_rows(tmp_path / "q" / "quarantine.parquet")
+    assert len(q) == 3 and all("no_tool_call_turn" in r["reason"] for r in q)
+    with pytest.raises(ValueError, match="all 3 rows quarantined"):
+        run_training("sft", cfg(examples="episodes"), bad, model_dir, tmp_path / "e")
+    q = read_rows(tmp_path / "e" / "quarantine.parquet")
     assert len(q) == 3 and all("no assistant tokens" in r["reason"] for r in q)
 
 
@@ -164,7 +174,7 @@ def test_reference_logps_are_stored_and_reused(
     rows = read_rows(pairs_path)[:4]
 
     def examples():
-        return [pair_example(tok, r, 384) for r in rows]
+        return [pair_example(tok, r, 1536) for r in rows]
 
     first = examples()
     tr.reference_logps(first, model_dir, pairs_path, cfg(), tmp_path, tok.pad_token_id)
@@ -180,5 +190,5 @@ def test_reference_logps_are_stored_and_reused(
         assert a.extra["ref_chosen"] == pytest.approx(b.extra["ref_chosen"], abs=1e-6)
     with pytest.raises(AssertionError, match="recomputed"):  # another max_len: another key
         tr.reference_logps(
-            examples(), model_dir, pairs_path, cfg(max_len=512), tmp_path, tok.pad_token_id
+            examples(), model_dir, pairs_path, cfg(max_len=2048), tmp_path, tok.pad_token_id
         )

@@ -148,9 +148,12 @@ def sft_turn_examples(
     out: list[SFTExample] = []
     for t in turns:
         try:
-            out.append(_labelled(tokenizer, t.prompt, t.tools, t.gold, max_len))
+            ex = _labelled(tokenizer, t.prompt, t.tools, t.gold, max_len)
         except SkipExample as exc:
             skipped.append((t.id, str(exc)))
+            continue
+        ex.fitted = ex.fitted or t.omitted_results > 0
+        out.append(ex)
     ep_id = str(row.get("id") or "")
     if final_answers > 0 and turns and _share(ep_id, seed) < final_answers:
         messages = canonicalize_messages(messages_to_openai(row.get("messages")))
