@@ -86,12 +86,15 @@ def sft_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> SFTExample
     return SFTExample(ids, labels)
 
 
+def _prompt_ids(tokenizer: Any, messages: list[dict[str, Any]], tools: Any) -> list[int]:
+    """`messages` + `tools` rendered by the chat template with the generation prompt."""
+    return list(_chat_ids(tokenizer, messages, tools, add_generation_prompt=True)["input_ids"])
+
+
 def turn_prompt_ids(tokenizer: Any, turn: Turn) -> list[int]:
     """The prompt ids of a tool-call turn: what SFT trains on, TPS samples from and the
     endpoint tokenises for the eval request (the chat template + generation prompt)."""
-    return list(
-        _chat_ids(tokenizer, turn.prompt, turn.tools, add_generation_prompt=True)["input_ids"]
-    )
+    return _prompt_ids(tokenizer, turn.prompt, turn.tools)
 
 
 def _labelled(
@@ -103,7 +106,7 @@ def _labelled(
 ) -> SFTExample:
     """Prompt (no loss) + the answer turn rendered by the template (loss), fitted to
     `max_len` by omitting old tool results; `SkipExample` when it cannot fit."""
-    prompt_ids = list(_chat_ids(tokenizer, prompt, tools, add_generation_prompt=True)["input_ids"])
+    prompt_ids = _prompt_ids(tokenizer, prompt, tools)
     target = _completion_ids(tokenizer, prompt_ids, prompt, tools, None, [answer])
     omitted = 0
     if len(prompt_ids) + len(target) > max_len:
@@ -115,9 +118,7 @@ def _labelled(
             raise SkipExample(
                 f"{exc} (max_len {max_len} minus a {len(target)}-token label)"
             ) from None
-        prompt_ids = list(
-            _chat_ids(tokenizer, fitted, tools, add_generation_prompt=True)["input_ids"]
-        )
+        prompt_ids = _prompt_ids(tokenizer, fitted, tools)
     return SFTExample(prompt_ids + target, [IGNORE] * len(prompt_ids) + target, omitted > 0)
 
 
@@ -220,7 +221,7 @@ def pair_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> PairExamp
     if not history:
         raise SkipExample("pair has an empty prompt")
     tools = _tools(row)
-    prompt_ids = list(_chat_ids(tokenizer, history, tools, add_generation_prompt=True)["input_ids"])
+    prompt_ids = _prompt_ids(tokenizer, history, tools)
     chosen = _completion_ids(
         tokenizer, prompt_ids, history, tools, row.get("chosen_text"), row.get("chosen")
     )
