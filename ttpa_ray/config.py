@@ -204,6 +204,26 @@ class SampleConfig(Strict):
         return self
 
 
+class ServeLimits(Strict):
+    """What one request may ask for, checked before any work (tokenising, generation).
+
+    Over `max_body_bytes` → 413; every other limit → 400 naming the field (`param`)."""
+
+    max_body_bytes: int = Field(2_000_000, gt=0, description="request body size (413 above)")
+    max_messages: int = Field(256, gt=0)
+    max_tools: int = Field(128, gt=0)
+    max_json_depth: int = Field(
+        64, gt=0, description="nesting of the body (tool schemas, arguments) in objects/lists"
+    )
+    max_schema_depth: int = Field(32, gt=0, description="nesting of one tool's parameters")
+    max_stop: int = Field(4, gt=0, description="stop strings per request (OpenAI: 4)")
+    max_stop_chars: int = Field(256, gt=0, description="characters per stop string")
+    max_n: int = Field(16, gt=0, description="choices per request")
+    max_tokens: int = Field(
+        4096, gt=0, description="new tokens per choice (also bounded by the context)"
+    )
+
+
 class ServeConfig(Strict):
     """The OpenAI-compatible endpoint (DESIGN §7)."""
 
@@ -241,6 +261,10 @@ class ServeConfig(Strict):
     default_max_tokens: int = Field(256, gt=0, description="max_tokens when a request has none")
     max_prompt_tokens: int | None = Field(
         None, gt=0, description="longer prompts get HTTP 400 context_length_exceeded"
+    )
+    limits: ServeLimits = ServeLimits()
+    drain_timeout_s: float = Field(
+        10.0, ge=0.0, description="on SIGTERM/Ctrl-C: how long in-flight requests may finish"
     )
     # vllm (ray.serve.llm)
     tensor_parallel_size: int = Field(1, gt=0)
@@ -448,11 +472,28 @@ def load_config(path: str | Path | None) -> Config:
         return Config()
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, expected a YAML file")
     try:
-        data: Any = yaml.safe_load(path.read_text()) or {}
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (UTF-8), expected YAML") from None
+    except RecursionError:
+        raise ValueError(f"{path}: YAML nested too deeply") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a mapping of sections (construct:, train:, ...), "
+            f"got {type(data).__name__}"
+        )
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -111,3 +111,59 @@ def test_a_prompt_with_no_room_fails_alone_and_is_not_cut(backend, monkeypatch):
     monkeypatch.setattr(backend.engine, "max_length", n + 1)
     one = backend.generate([long])[0]
     assert one.prompt_tokens == n and one.completion_tokens == 1
+
+
+def test_a_failing_generate_fails_only_its_request(backend, monkeypatch):
+    """A group whose generate() raises is re-run one by one: only the request that makes
+    it fail gets the error; its batch-mates get what they get alone."""
+    good = [req("one"), req("two"), req("three")]
+    alone = [backend.generate([r])[0].texts for r in good]
+    poison = req("poison")
+    real = backend._run_group
+
+    def run_group(reqs, prompts, streamer=None):
+        if any(r is poison for r in reqs):
+            raise OverflowError("seed out of range")  # not an EngineError: a server error
+        return real(reqs, prompts, streamer)
+
+    monkeypatch.setattr(backend, "_run_group", run_group)
+    out = backend.generate([good[0], poison, good[1], good[2]])
+    assert isinstance(out[1], OverflowError)
+    assert [o.texts for o in (out[0], out[2], out[3])] == alone
+
+
+def test_an_uncompilable_tool_schema_fails_alone(backend):
+    from ttpa_ray.serve.backend import ConstraintError
+
+    recursive = {
+        "type": "function",
+        "function": {
+            "name": "tree",
+            "parameters": {
+                "type": "object",
+                "properties": {"child": {"$ref": "#"}},
+                "required": ["child"],
+            },
+        },
+    }
+    bad = req("go", tools=[recursive], constraint="required")
+    out = backend.generate([req("fine"), bad])
+    assert not isinstance(out[0], Exception)
+    assert isinstance(out[1], ConstraintError) and str(out[1]).startswith("tools:")
+
+
+def test_a_set_cancel_event_stops_decoding_at_the_next_step(backend):
+    import threading
+
+    free = backend.generate([req("count to many", max_tokens=64)])[0]
+    cancel = threading.Event()
+    cancel.set()
+    stopped = backend.generate([req("count to many", max_tokens=64, cancel=cancel)])[0]
+    # generate() checks stopping criteria after each new token: one token (+ the pad
+    # that marks the row done), then done
+    assert stopped.completion_tokens <= 2 < free.completion_tokens
+    # in a batch, only the cancelled request's rows stop
+    both = backend.generate(
+        [req("count to many", max_tokens=64), req("count to many", max_tokens=64, cancel=cancel)]
+    )
+    assert both[0].texts == free.texts and both[1].completion_tokens <= 2

@@ -12,21 +12,31 @@ backend as batched `generate` calls; `batching: false` runs each request on its 
 Each request gets `min(max_tokens, context - its prompt tokens)` new tokens whatever its
 batch-mates; a prompt that leaves no room (or is over `max_prompt_tokens`) gets a 400
 `context_length_exceeded` (param `messages`) on every path, streaming included, and its
-batch-mates are served.
+batch-mates are served. Whatever fails for one request fails it alone (see the backend).
+
+Order of checks, cheapest first: the API key (`/v1/*`, before the body is read), the body
+size (413), UTF-8, JSON, nesting and every `serve.limits` count (400 naming `param`), then
+the prompt's length (needs the tokenizer), then generation. Every error, the framework's
+own included (404, 405), is in OpenAI's shape. A client that disconnects stops its
+generation at the next decoding step.
 """
 
 import asyncio
+import hmac
+import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ttpa_ray.config import ServeConfig
+from ttpa_ray.config import ServeConfig, ServeLimits
 from ttpa_ray.ray_utils import remote_args
 from ttpa_ray.serve.protocol import (
     ChatRequest,
@@ -34,18 +44,19 @@ from ttpa_ray.serve.protocol import (
     OpenAIError,
     assistant_message,
     bad_request,
-    check_messages,
-    check_tools,
     chunk,
     completion_id,
     completion_response,
     constraint_of,
     leaked_tool_call,
     models_response,
+    parse_body,
     sse,
+    text_messages,
     usage,
 )
 
+log = logging.getLogger("ttpa_ray")
 TOOL_OPEN = "<tool_call>"
 
 api = FastAPI(
@@ -58,6 +69,108 @@ api = FastAPI(
 @api.exception_handler(OpenAIError)
 async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # the framework's own errors (unknown route, wrong method, unparsable body)
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    err = OpenAIError(exc.status_code, str(exc.detail), kind, None, codes.get(exc.status_code))
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+class _Guard:
+    """What this replica's ASGI middleware enforces (set by `ChatServer.__init__`; one
+    replica per process, so a module global is per replica)."""
+
+    def __init__(self, api_key: str | None, limits: ServeLimits) -> None:
+        self.api_key = api_key.encode() if api_key else None
+        self.limits = limits
+
+
+_GUARD: _Guard | None = None
+
+
+async def _reply(send: Any, err: OpenAIError, headers: list[tuple[bytes, bytes]]) -> None:
+    body = JSONResponse(err.body()).body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware: the API key first (`/v1/*`, constant-time comparison), then
+    the body size — both before any of the body is parsed. The body is read here up to
+    `max_body_bytes` (413 beyond, whatever Content-Length says) and replayed to the app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        guard = _GUARD
+        if scope["type"] != "http" or guard is None:
+            await self.app(scope, receive, send)
+            return
+        if guard.api_key is not None and "/v1/" in scope.get("path", ""):
+            headers = dict(scope.get("headers") or [])
+            auth = headers.get(b"authorization", b"")
+            token = auth[7:] if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, guard.api_key):
+                err = OpenAIError(
+                    401,
+                    "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                    "invalid_request_error",
+                    None,
+                    "invalid_api_key",
+                )
+                await _reply(send, err, [(b"www-authenticate", b"Bearer")])
+                return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        limit = guard.limits.max_body_bytes
+        too_large = OpenAIError(
+            413,
+            f"the request body is over the limit of {limit} bytes (serve.limits.max_body_bytes)",
+            "invalid_request_error",
+            None,
+            "request_too_large",
+        )
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reply(send, too_large, [(b"connection", b"close")])
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            size += len(message.get("body", b""))
+            if size > limit:
+                await _reply(send, too_large, [(b"connection", b"close")])
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later calls: http.disconnect, as the app expects
+
+        await self.app(scope, replay, send)
+
+
+api.add_middleware(GuardMiddleware)
 
 
 @api.exception_handler(RequestValidationError)
@@ -75,13 +188,43 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def engine_error(exc: Exception) -> OpenAIError:
-    """A backend `EngineError` as the 400 the client gets: `context_length_exceeded` with
-    param `messages` for a prompt that does not fit, a plain bad request otherwise."""
+    """What one request's failure becomes for its client: `context_length_exceeded` (400,
+    param `messages`) for a prompt that does not fit; 400 param `tools` for tools that
+    cannot be constrained; 400 for any other `EngineError` (the request's fault); 500 for
+    anything else (ours; logged, and only this request gets it)."""
+    from ttpa_ray.engines.base import EngineError
     from ttpa_ray.engines.hf_engine import ContextLengthError
+    from ttpa_ray.serve.backend import ConstraintError
 
     if isinstance(exc, ContextLengthError):
         return bad_request(exc.detail, "messages", "context_length_exceeded")
-    return bad_request(str(exc))
+    if isinstance(exc, ConstraintError):
+        return bad_request(str(exc), "tools")
+    if isinstance(exc, EngineError):
+        return bad_request(str(exc))
+    return OpenAIError(
+        500,
+        f"the server failed on this request ({type(exc).__name__}); other requests are "
+        "not affected",
+        "server_error",
+        None,
+        "internal_error",
+    )
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that runs `on_close` however it ends: finished, failed, or
+    cancelled because the client went away (its generator may never even start)."""
+
+    def __init__(self, content: Any, on_close: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 class Stats:
@@ -120,8 +263,9 @@ class ChatServer:
     def __init__(self, config_json: str, api_key: str | None = None) -> None:
         from ttpa_ray.serve.backend import HFChatBackend
 
+        global _GUARD
         self.cfg = ServeConfig.model_validate_json(config_json)
-        self.api_key = api_key
+        _GUARD = _Guard(api_key, self.cfg.limits)
         self.backend = HFChatBackend(
             str(self.cfg.model),
             self.cfg.adapters,
@@ -138,20 +282,6 @@ class ChatServer:
         batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _auth(self, request: Request) -> None:
-        if not self.api_key:
-            return
-        header = request.headers.get("authorization", "")
-        token = header[7:] if header.lower().startswith("bearer ") else ""
-        if token != self.api_key:
-            raise OpenAIError(
-                401,
-                "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                "invalid_request_error",
-                None,
-                "invalid_api_key",
-            )
 
     def _gen_request(self, req: ChatRequest) -> Any:
         from ttpa_ray.serve.backend import GenRequest
@@ -173,7 +303,7 @@ class ChatServer:
             )
         choice = req.tool_choice
         return GenRequest(
-            messages=req.messages,
+            messages=text_messages(req.messages),
             # tool_choice none: the model is not offered tools, so it answers in text
             tools=None if choice == "none" else req.tools,
             constraint=constraint_of(req),
@@ -189,31 +319,41 @@ class ChatServer:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _generate_batched(self, reqs: list[Any]) -> list[Any]:
+        # never raises: an exception here would fail every request of the batch
         self.stats.batches += 1
         self.stats.batched_requests += len(reqs)
-        return await asyncio.to_thread(self.backend.generate, reqs)
+        try:
+            return await asyncio.to_thread(self.backend.generate, reqs)
+        except Exception as exc:  # the backend isolates requests; this is a last resort
+            log.exception("batch of %d failed", len(reqs))
+            return [exc] * len(reqs)
 
     async def _generate(self, gen_req: Any) -> Generation:
-        from ttpa_ray.engines.base import EngineError
-
-        if self.cfg.batching:
-            result = await self._generate_batched(gen_req)
-        else:
-            result = (await asyncio.to_thread(self.backend.generate, [gen_req]))[0]
-        if isinstance(result, EngineError):
+        try:
+            if self.cfg.batching:
+                result = await self._generate_batched(gen_req)
+            else:
+                result = (await asyncio.to_thread(self.backend.generate, [gen_req]))[0]
+        except asyncio.CancelledError:
+            gen_req.cancel.set()  # the client is gone: its rows stop at the next step
+            raise
+        if isinstance(result, Exception):
             raise engine_error(result)
         return result
 
     async def _prompt(self, gen_req: Any) -> list[int]:
-        """The prompt's ids, checked before a stream starts (its 400 can then be a status,
-        not an event inside a 200 stream)."""
-        from ttpa_ray.engines.base import EngineError
+        """The prompt's ids and its grammar, checked before a stream starts (a 400 can
+        then be a status, not an event inside a 200 stream)."""
+
+        def check() -> list[int]:
+            ids = self.backend.prompt_ids(gen_req)
+            self.backend.check_constraint(gen_req)
+            return ids
 
         try:
-            ids: list[int] = await asyncio.to_thread(self.backend.prompt_ids, gen_req)
-        except EngineError as exc:
+            return await asyncio.to_thread(check)
+        except Exception as exc:
             raise engine_error(exc) from exc
-        return ids
 
     def _count(self, req: ChatRequest, body: dict[str, Any]) -> None:
         for choice in body["choices"]:
@@ -229,8 +369,7 @@ class ChatServer:
         return {"status": "ok", "models": self.ids}
 
     @api.get("/v1/models")
-    async def models(self, request: Request) -> dict[str, Any]:
-        self._auth(request)
+    async def models(self) -> dict[str, Any]:
         return models_response(self.ids)
 
     @api.get("/stats")
@@ -240,9 +379,18 @@ class ChatServer:
             "inflight": self.inflight
         }
 
-    @api.post("/v1/chat/completions", response_model=None)
-    async def chat(self, body: ChatRequest, request: Request) -> Any:
-        self._auth(request)
+    @api.post(
+        "/v1/chat/completions",
+        response_model=None,
+        # the body is parsed by `parse_body` (limits, UTF-8, depth); documented as usual
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def chat(self, request: Request) -> Any:
         if self.inflight >= self.cfg.max_ongoing_requests:
             self.stats.rejected_503 += 1
             raise OpenAIError(
@@ -257,14 +405,16 @@ class ChatServer:
         streaming = False
         try:
             self.stats.requests += 1
-            check_messages(body.messages)
-            check_tools(body)
+            body = parse_body(await request.body(), self.cfg.limits)
             gen_req = self._gen_request(body)
+            gen_req.cancel = threading.Event()
             if body.stream:
                 prompt = await self._prompt(gen_req)
                 streaming = True
-                return StreamingResponse(
-                    self._stream(body, gen_req, prompt), media_type="text/event-stream"
+                return _Stream(
+                    self._stream(body, gen_req, prompt),
+                    on_close=lambda: self._stream_closed(gen_req),
+                    media_type="text/event-stream",
                 )
             gen = await self._generate(gen_req)
             out = completion_response(body, gen)
@@ -274,57 +424,62 @@ class ChatServer:
             if not streaming:
                 self.inflight -= 1
 
-    def _stream(self, req: ChatRequest, gen_req: Any, prompt: list[int]) -> Iterator[str]:
+    def _stream_closed(self, gen_req: Any) -> None:
+        """A stream ended (done, failed or disconnected): stop its generation, count it out."""
+        gen_req.cancel.set()
+        self.inflight -= 1
+
+    async def _stream(
+        self, req: ChatRequest, gen_req: Any, prompt: list[int]
+    ) -> AsyncIterator[str]:
         """SSE chunks: content as it is decoded; a completion that turns out to call tools
         sends its calls as one `tool_calls` delta at the end (text that may open a
-        `<tool_call>` block is held back, never sent as content)."""
-        from ttpa_ray.engines.base import EngineError
-
+        `<tool_call>` block is held back, never sent as content). Decoding runs on a
+        worker thread, one piece per await, so a cancelled stream stops pulling at once
+        and its `cancel` event stops the decoding thread."""
         cid, created = completion_id(), int(time.time())
-        try:
-            if gen_req.n > 1:
-                # several choices: generate them together, then send each as chunks
-                result = self.backend.generate([gen_req])[0]
-                if isinstance(result, EngineError):
-                    yield sse(engine_error(result).body())
-                    return
-                for i, text in enumerate(result.texts):
-                    yield from self._choice_chunks(
-                        req, cid, created, i, text, result.finish_reasons[i], role=True
-                    )
-                final = result
-            else:
-                yield sse(
-                    chunk(cid, req.model, created, {"role": "assistant", "content": ""}, None)
-                )
-                text, sent, final_gen = "", 0, None
-                try:
-                    for piece in self.backend.stream(gen_req, prompt):
-                        if isinstance(piece, Generation):
-                            final_gen = piece
-                            break
-                        text += piece
-                        safe = self._streamable(text, bool(req.tools))
-                        if safe > sent:
-                            delta = {"content": text[sent:safe]}
-                            yield sse(chunk(cid, req.model, created, delta, None))
-                            sent = safe
-                except EngineError as exc:
-                    yield sse(engine_error(exc).body())
-                    return
-                assert final_gen is not None
-                full = final_gen.texts[0]
-                yield from self._choice_chunks(
-                    req, cid, created, 0, full, final_gen.finish_reasons[0], sent=sent
-                )
-                final = final_gen
-            if (req.stream_options or {}).get("include_usage"):
-                body = chunk(cid, req.model, created, {}, None)
-                body["choices"], body["usage"] = [], usage(final)
-                yield sse(body)
-            yield sse("[DONE]")
-        finally:
-            self.inflight -= 1
+        if gen_req.n > 1:
+            # several choices: generate them together, then send each as chunks
+            result = (await asyncio.to_thread(self.backend.generate, [gen_req]))[0]
+            if isinstance(result, Exception):
+                yield sse(engine_error(result).body())
+                return
+            for i, text in enumerate(result.texts):
+                for event in self._choice_chunks(
+                    req, cid, created, i, text, result.finish_reasons[i], role=True
+                ):
+                    yield event
+            final = result
+        else:
+            yield sse(chunk(cid, req.model, created, {"role": "assistant", "content": ""}, None))
+            text, sent, final_gen = "", 0, None
+            pieces = self.backend.stream(gen_req, prompt)
+            try:
+                while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                    if isinstance(piece, Generation):
+                        final_gen = piece
+                        break
+                    text += piece
+                    safe = self._streamable(text, bool(req.tools))
+                    if safe > sent:
+                        delta = {"content": text[sent:safe]}
+                        yield sse(chunk(cid, req.model, created, delta, None))
+                        sent = safe
+            except Exception as exc:
+                yield sse(engine_error(exc).body())
+                return
+            assert final_gen is not None
+            full = final_gen.texts[0]
+            for event in self._choice_chunks(
+                req, cid, created, 0, full, final_gen.finish_reasons[0], sent=sent
+            ):
+                yield event
+            final = final_gen
+        if (req.stream_options or {}).get("include_usage"):
+            body = chunk(cid, req.model, created, {}, None)
+            body["choices"], body["usage"] = [], usage(final)
+            yield sse(body)
+        yield sse("[DONE]")
 
     @staticmethod
     def _streamable(text: str, tools: bool) -> int:

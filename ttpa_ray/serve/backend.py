@@ -12,15 +12,22 @@ budget the context cuts runs apart from shorter batch-mates, so a long neighbour
 shortens another completion and no row decodes past the context. A prompt that leaves no
 room (or is over `max_prompt_tokens`) fails alone with `ContextLengthError`; it is never
 truncated.
+
+Isolation: whatever can fail for one request (template, tokenizer, its constrained-decoding
+grammar, its adapter, generation itself) fails that request alone: `generate` returns the
+exception in its slot and serves the others; a group whose `generate` call fails is re-run
+one request at a time, so only the request that fails gets the error. A request's
+`cancel` event (set when its client goes away) stops its rows at the next decoding step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,26 @@ from ttpa_ray.engines.base import ChatRequest as EngineRequest
 from ttpa_ray.engines.base import EngineError
 from ttpa_ray.engines.hf_engine import HFEngine, truncate_at_stop
 from ttpa_ray.serve.protocol import Generation
+
+log = logging.getLogger("ttpa_ray")
+
+
+class ConstraintError(EngineError):
+    """The request's tools cannot be compiled into a constrained-decoding grammar."""
+
+
+class _Cancelled:
+    """A stopping criterion: rows whose request's `cancel` event is set are done.
+
+    (Duck-typed `StoppingCriteria`: `generate` calls it with the ids so far and wants one
+    bool per row.)"""
+
+    def __init__(self, events: list[threading.Event | None]) -> None:
+        self.events = events
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = [e is not None and e.is_set() for e in self.events]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _IdStreamer:
@@ -65,6 +92,8 @@ class GenRequest:
     seed: int | None = None
     stop: list[str] | None = None
     adapter: str | None = None
+    # set when the client is gone: its rows stop at the next step (not part of the key)
+    cancel: threading.Event | None = field(default=None, compare=False)
 
     def group_key(self) -> tuple[Any, ...]:
         """Requests with equal keys share one `generate` call."""
@@ -141,16 +170,32 @@ class HFChatBackend:
 
     # -- generation ------------------------------------------------------------------------
 
-    def _processors(self, reqs: list[GenRequest]) -> list[Any]:
-        if not any(r.constraint for r in reqs):
-            return []
+    def check_constraint(self, req: GenRequest) -> None:
+        """Compile the request's grammar now (cached for its batch), so a schema that
+        cannot be compiled fails this request alone with `ConstraintError`."""
+        if not req.constraint:
+            return
         try:
-            from ttpa_ray.serve.constrained import build_logits_processor
+            from ttpa_ray.serve.constrained import get_compiler
         except ImportError as exc:
             raise EngineError(
                 "tool_choice required / a named function needs xgrammar: "
                 "pip install 'ttpa-ray[constrained]'"
             ) from exc
+        try:
+            get_compiler(self.tokenizer, self.vocab_size).compile(
+                req.tools or [], req.constraint, parallel_tool_calls=req.parallel_tool_calls
+            )
+        except (ValueError, TypeError, KeyError, RecursionError, RuntimeError) as exc:
+            # recursive or unsupported schemas: the client's tools, so a 400 naming them
+            raise ConstraintError(
+                f"tools: cannot constrain decoding to these tools: {exc}"
+            ) from exc
+
+    def _processors(self, reqs: list[GenRequest]) -> list[Any]:
+        if not any(r.constraint for r in reqs):
+            return []
+        from ttpa_ray.serve.constrained import build_logits_processor
 
         rows: list[Any] = []
         for r in reqs:
@@ -175,6 +220,12 @@ class HFChatBackend:
             kw.update(stop_strings=head.stop, tokenizer=self.tokenizer)
         return kw
 
+    @staticmethod
+    def _cancel_criteria(reqs: list[GenRequest], per: int) -> list[Any]:
+        if not any(r.cancel is not None for r in reqs):
+            return []
+        return [_Cancelled([r.cancel for r in reqs for _ in range(per)])]
+
     def _run_group(
         self, reqs: list[GenRequest], prompts: list[list[int]], streamer: Any = None
     ) -> list[Generation]:
@@ -191,6 +242,11 @@ class HFChatBackend:
         processors = self._processors(reqs)
         if processors:
             kw["logits_processor"] = processors
+        criteria = self._cancel_criteria(reqs, kw["num_return_sequences"])
+        if criteria:
+            from transformers import StoppingCriteriaList
+
+            kw["stopping_criteria"] = StoppingCriteriaList(criteria)
         if streamer is not None:  # generate() streams a batch of one
             kw["streamer"] = streamer
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -225,30 +281,50 @@ class HFChatBackend:
             results.append(Generation(texts, reasons, len(ids), used))
         return results
 
-    def generate(self, reqs: list[GenRequest]) -> list[Generation | EngineError]:
-        """One result per request, in order; a request that cannot run (prompt too long:
-        `ContextLengthError`; unknown adapter) gets its `EngineError`, the others are served.
-        Requests run together only with the same group key and budget, so each gets
-        `min(max_tokens, context - len(its prompt))` new tokens whatever its batch-mates."""
-        results: list[Generation | EngineError | None] = [None] * len(reqs)
+    def generate(self, reqs: list[GenRequest]) -> list[Generation | Exception]:
+        """One result per request, in order: its `Generation`, or the exception that
+        request alone hit (`EngineError` for what the client can fix — prompt too long,
+        unknown adapter, a schema that cannot be constrained, a template that cannot render
+        its messages; anything else is a server error). Requests run together only with the
+        same group key and budget, so each gets `min(max_tokens, context - len(its
+        prompt))` new tokens whatever its batch-mates."""
+        results: list[Generation | Exception | None] = [None] * len(reqs)
         groups: dict[tuple[Any, ...], list[tuple[int, list[int]]]] = {}
         for i, r in enumerate(reqs):
             try:
                 if r.adapter is not None and r.adapter not in self.adapters:
                     raise EngineError(f"no adapter {r.adapter!r} is loaded")
                 ids = self.prompt_ids(r)
+                self.check_constraint(r)
                 groups.setdefault((r.group_key(), self.budget(r, ids)), []).append((i, ids))
-            except EngineError as exc:
+            except Exception as exc:  # this request only
                 results[i] = exc
         for members in groups.values():
-            idx = [i for i, _ in members]
-            try:
-                gens: list[Any] = self._run_group([reqs[i] for i in idx], [p for _, p in members])
-            except EngineError as exc:  # e.g. constrained decoding unavailable
-                gens = [exc] * len(idx)
-            for i, gen in zip(idx, gens, strict=True):
-                results[i] = gen
+            for idx, gens in self._run_isolated([reqs[i] for i, _ in members], members):
+                results[idx] = gens
         return [r if r is not None else EngineError("not run") for r in results]
+
+    def _run_isolated(
+        self, reqs: list[GenRequest], members: list[tuple[int, list[int]]]
+    ) -> Iterator[tuple[int, Generation | Exception]]:
+        """Run one group; if its `generate` call fails, run each member alone, so the
+        error reaches only the request(s) that cause it."""
+        try:
+            gens = self._run_group(reqs, [p for _, p in members])
+        except Exception as exc:
+            if len(members) == 1:
+                if not isinstance(exc, EngineError):
+                    log.exception("generation failed for one request")
+                yield members[0][0], exc
+                return
+            log.warning(
+                "a batch of %d failed (%s); running its requests one by one", len(reqs), exc
+            )
+            for req, member in zip(reqs, members, strict=True):
+                yield from self._run_isolated([req], [member])
+            return
+        for (i, _), gen in zip(members, gens, strict=True):
+            yield i, gen
 
     def stream(
         self, req: GenRequest, prompt: list[int] | None = None
@@ -264,6 +340,7 @@ class HFChatBackend:
         """
         if prompt is None:
             prompt = self.prompt_ids(req)
+        self.check_constraint(req)
         ids: queue.Queue[list[int] | None] = queue.Queue()
         streamer = _IdStreamer(ids)
         box: dict[str, Any] = {}
