@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ttpa_ray.atomic import read_json, write_json_atomic
 from ttpa_ray.cluster.head import free_ports
 from ttpa_ray.cluster.nodes import NODES_FILE, NodeTimeline
 from ttpa_ray.config import Config, TrainConfig
@@ -39,6 +40,20 @@ DEPENDS = {
 MODELS = ("sft", "dpo_response", "ttpa")
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """A run's `pipeline.json`. Unlike a shard marker it cannot be redone behind the user's
+    back (it is what says which stages are finished), so an unreadable one stops the run
+    with a ValueError naming it."""
+    try:
+        state: dict[str, Any] = read_json(path)
+    except ValueError as e:
+        raise ValueError(
+            f"{e}; it records the run's finished stages: restore it from a copy, or delete "
+            "it to run every stage again"
+        ) from None
+    return state
+
+
 class Pipeline:
     """One run dir, one config; `run()` executes the stages that are not up to date."""
 
@@ -54,7 +69,7 @@ class Pipeline:
         self.state_path = self.run / "pipeline.json"
         self.state: dict[str, Any] = {"stages": {}}
         if self.state_path.exists():
-            saved = json.loads(self.state_path.read_text())
+            saved = _read_state(self.state_path)
             # on disk: a list in stage order (what the report reads); here: by name
             self.state["stages"] = {
                 s["name"]: {k: v for k, v in s.items() if k != "name"} for s in saved["stages"]
@@ -108,7 +123,7 @@ class Pipeline:
             dst.symlink_to(src, target_is_directory=True)
         else:
             shutil.copytree(src, dst, symlinks=True)
-        prev = json.loads((src.parent / "pipeline.json").read_text())["stages"]
+        prev = _read_state(src.parent / "pipeline.json")["stages"]
         rec: dict[str, Any] = next((s for s in prev if s["name"] == stage), {})
         self.state["stages"][stage] = {
             **{k: v for k, v in rec.items() if k != "name"},
@@ -124,9 +139,7 @@ class Pipeline:
             {"name": s, **self.state["stages"][s]} for s in STAGES if s in self.state["stages"]
         ]
         out = {"stages": stages, "config": self.cfg.model_dump(mode="json")}
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out, indent=2, default=str))
-        tmp.replace(self.state_path)
+        write_json_atomic(self.state_path, out, indent=2, default=str)
         self.state["stages"] = {
             s["name"]: {k: v for k, v in s.items() if k != "name"} for s in stages
         }

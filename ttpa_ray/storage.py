@@ -8,15 +8,21 @@ used as is. A URI (`s3://`, `gs://`, `hdfs://`, `file://` — whatever
   stages (resume) and pushes each stage's outputs when the stage ends.
 - `local_path(uri)`: a worker on any node that needs a model dir downloads it once per
   node into a cache and loads from there.
+
+The cache (`cache_root`) is private to the user: `$TTPA_CACHE_DIR`, else
+`$XDG_CACHE_HOME/ttpa-ray`, else `~/.cache/ttpa-ray`, created 0700 and refused when
+another user owns it or others may write to it (they could plant a model to be loaded).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +58,11 @@ def exists(uri: str) -> bool:
 
 
 def upload(local: str | Path, uri: str) -> None:
-    """Copy a local file or directory tree to `uri` (overwriting)."""
+    """Copy a local file or directory tree to `uri` (overwriting).
+
+    A file reaches a local (`file://`) target whole or not at all: copied to a temporary
+    sibling, then renamed. An object store's put is atomic already. A tree is copied
+    file by file (a killed upload leaves part of it; the stage is pushed again)."""
     import pyarrow.fs as pafs
 
     local = Path(local)
@@ -60,9 +70,20 @@ def upload(local: str | Path, uri: str) -> None:
     if local.is_dir():
         fs.create_dir(path, recursive=True)
         pafs.copy_files(str(local), path, destination_filesystem=fs)
-    else:
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        return
+    parent, name = path.rsplit("/", 1)
+    fs.create_dir(parent, recursive=True)
+    if fs.type_name != "local":
         pafs.copy_files(str(local), path, destination_filesystem=fs)
+        return
+    tmp = f"{parent}/.{name}.{os.urandom(6).hex()}.tmp"
+    try:
+        pafs.copy_files(str(local), tmp, destination_filesystem=fs)
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
 
 
 def download(uri: str, local: str | Path) -> bool:
@@ -84,36 +105,95 @@ def download(uri: str, local: str | Path) -> bool:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """An exclusive flock on `path` (created 0600). A symlink there is refused, not
+    followed: the lock must not create or truncate a file somewhere else."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: the BSDs
+            raise PermissionError(
+                f"storage: lock file {path} is a symlink; remove it (nothing in the cache "
+                "should be a link)"
+            ) from None
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "ttpa-ray-cache")
+    """The per-node cache: `$TTPA_CACHE_DIR`, else `$XDG_CACHE_HOME/ttpa-ray`, else
+    `~/.cache/ttpa-ray`. Created with mode 0700; an existing one must be a directory owned
+    by the current user that neither group nor others can write (PermissionError)."""
+    if os.environ.get(CACHE_ENV):
+        root = Path(os.environ[CACHE_ENV]).expanduser()
+    elif os.environ.get("XDG_CACHE_HOME"):
+        root = Path(os.environ["XDG_CACHE_HOME"]) / "ttpa-ray"
+    else:
+        root = Path.home() / ".cache" / "ttpa-ray"
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(
+            f"storage: cannot create the cache dir {root} ({e.strerror or e}); "
+            f"set {CACHE_ENV} to a directory of yours"
+        ) from None
+    _check_private(root)
+    return root
+
+
+def _check_private(root: Path) -> None:
+    # Whoever can write here chooses what a worker loads as "the model" (pickle-capable
+    # checkpoints, tokenizer code): the cache must be the user's alone.
+    st = root.stat()  # a symlink to a private dir of the user's is fine
+    fix = f"set {CACHE_ENV} to a private directory of yours (mode 0700)"
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(f"storage: cache dir {root} is not a directory; {fix}")
+    if st.st_uid != os.getuid():
+        raise PermissionError(
+            f"storage: cache dir {root} is owned by uid {st.st_uid}, not by you "
+            f"(uid {os.getuid()}); {fix}"
+        )
+    if st.st_mode & 0o022:
+        raise PermissionError(
+            f"storage: cache dir {root} is writable by other users "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run `chmod go-w {root}`, or {fix}"
+        )
 
 
 def local_path(path: str | os.PathLike[str]) -> str:
     """A local directory holding `path`: itself if local, else a per-node cached download.
 
-    Concurrent actors on one node download once (a file lock); a half-finished download
-    (killed actor) is redone, since only a complete one carries the marker file.
+    Concurrent actors on one node download once (a file lock). A download goes into a
+    temporary dir in the cache and is renamed into place with its completion marker, so a
+    killed one is never at the final path; a final dir without the marker (left by an
+    older version) is removed and redone.
     """
     if not is_uri(path):
         return str(path)
     uri = str(path).rstrip("/")
+    root = cache_root()
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    dest = cache_root() / f"{key}-{uri.rsplit('/', 1)[-1]}"
-    with _locked(cache_root() / f"{key}.lock"):
-        if not (dest / COMPLETE).exists():
-            shutil.rmtree(dest, ignore_errors=True)
-            if not download(uri, dest):
+    dest = root / f"{key}-{uri.rsplit('/', 1)[-1]}"
+    with _locked(root / f"{key}.lock"):
+        if (dest / COMPLETE).exists():
+            return str(dest)
+        # under the lock, leftovers of killed downloads of this URI are no one's
+        for old in root.glob(f".{key}-*.tmp"):
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", suffix=".tmp", dir=root))
+        try:
+            if not download(uri, tmp):
                 raise FileNotFoundError(f"storage: {uri} does not exist")
-            (dest / COMPLETE).write_text(uri)
+            (tmp / COMPLETE).write_text(uri)
+            tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return str(dest)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -62,6 +63,34 @@ def test_construct_outputs_and_resume(ray_local, tmp_path):
         "tools",
         "messages",
     ]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_torn_markers_redo_their_shard_not_crash(ray_local, tmp_path, caplog):
+    # `_SUCCESS` emptied and `counts.json` garbled (a crash under an older version, or a
+    # hand edit): those shards are redone with a warning naming the file; the rest skipped.
+    small = cfg(n_episodes=9, shard_size=3)
+    out = tmp_path / "c"
+    first = run_construct(small, out, progress=False)
+    before = episodes(out)
+    shards = sorted(out.glob("shards/shard-*"))
+    assert len(shards) == 3
+    torn, garbled = shards[0] / "_SUCCESS", shards[2] / "counts.json"
+    torn.write_text("")
+    garbled.write_text('[{"stage": "construct.scene", "rows_in"')
+    with caplog.at_level(logging.WARNING, logger="ttpa_ray"):
+        again = run_construct(small, out, progress=False)
+    assert (again["shards_run"], again["shards_skipped"]) == (2, 1)
+    assert str(torn) in caplog.text and str(garbled) in caplog.text
+    assert json.loads(torn.read_text())["key"] == first["shard_key"]
+    assert json.loads(garbled.read_text())[0]["stage"] == "construct.scene"
+    assert episodes(out) == before
+
+    def rows(manifest):  # the accounting, without timings
+        return [{k: v for k, v in s.items() if k != "seconds"} for s in manifest["stages"]]
+
+    assert rows(again) == rows(first)
 
 
 @pytest.mark.e2e

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 
 from ttpa_ray.engines import ChatRequest, EngineError, GenerationParams
-from ttpa_ray.engines.openai_engine import OpenAIEngine
+from ttpa_ray.engines.openai_engine import (
+    MAX_RETRY_AFTER_S,
+    OpenAIEngine,
+    _origin,
+    retry_after_s,
+)
 from ttpa_ray.schema.tool_call_text import parse_tool_calls
 
 TOOL = {
@@ -26,12 +31,15 @@ TOOL = {
 
 
 class FakeServer:
-    """Behaviour is chosen by the last user message: 'ok', 'tools', 'flaky', 'bad', 'slow', 'busy'."""
+    """Behaviour is chosen by the last user message: 'ok', 'tools', 'flaky', 'bad', 'slow',
+    'busy', 'retry-after=VALUE' (a first 429 with that header), 'redirect:URL' (a 302 to
+    URL). A GET (where urllib follows a 302) is answered 'redirected' and its headers kept."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.get_headers: list[dict[str, str]] = []
         self.hits: dict[str, int] = {}
         self.active = 0
         self.max_active = 0
@@ -49,6 +57,12 @@ class FakeServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                with server.lock:
+                    server.get_headers.append(dict(self.headers))
+                message = {"role": "assistant", "content": "redirected"}
+                return self._send(200, {"choices": [{"index": 0, "message": message}]})
 
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
                 if self.path != "/v1/chat/completions":
@@ -73,6 +87,18 @@ class FakeServer:
                 if mode == "throttled" and hit == 1:
                     self.send_response(429)
                     self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                if mode.startswith("retry-after=") and hit == 1:
+                    self.send_response(429)
+                    self.send_header("Retry-After", mode.split("=", 1)[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                if mode.startswith("redirect:"):
+                    self.send_response(302)
+                    self.send_header("Location", mode.split(":", 1)[1])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None
@@ -113,13 +139,23 @@ class FakeServer:
         )
 
 
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
+def _serve() -> Iterator[FakeServer]:
     srv = FakeServer()
     srv.thread.start()
     yield srv
     srv.httpd.shutdown()
     srv.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    yield from _serve()
+
+
+@pytest.fixture
+def other_server() -> Iterator[FakeServer]:
+    """A second server: another origin (same host, another port)."""
+    yield from _serve()
 
 
 def req(content: str, tools: list[dict[str, Any]] | None = None) -> ChatRequest:
@@ -179,6 +215,58 @@ def test_429_retry_after(server):
     e = engine(server)
     assert e.generate([req("throttled")], GenerationParams()) == [["throttled-0"]]
     assert e.stats.retries == 1
+
+
+@pytest.mark.parametrize(
+    "value", ["-5", "nan", "inf", "-inf", "abc", "", "Wed, 21 Oct 2015 07:28:00 GMT", "1e9"]
+)
+def test_retry_after_out_of_range_or_garbage_is_bounded(server, monkeypatch, value):
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # what time.sleep would refuse, then record
+        if not seconds >= 0:
+            raise ValueError(f"sleep length must be non-negative, got {seconds}")
+        slept.append(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    e = engine(server, max_retries=1)
+    mode = f"retry-after={value}"
+    assert e.generate([req(mode)], GenerationParams()) == [[f"{mode}-0"]]
+    [pause] = slept
+    if value == "1e9":  # a number, too long: capped
+        assert pause == MAX_RETRY_AFTER_S
+    else:  # not a usable number: our own backoff (0.01 s, jitter in [0.5, 1.5))
+        assert 0.005 <= pause < 0.015
+
+
+def test_retry_after_in_range_is_honoured():
+    assert retry_after_s("0") == 0.0
+    assert retry_after_s(" 2.5 ") == 2.5
+    assert retry_after_s(None) is None
+
+
+def test_redirect_to_another_origin_drops_the_api_key(server, other_server):
+    e = engine(server, api_key="sk-test")
+    target = other_server.base_url + "/landing"
+    assert e.generate([req(f"redirect:{target}")], GenerationParams()) == [["redirected"]]
+    assert server.headers[0]["Authorization"] == "Bearer sk-test"
+    [landed] = other_server.get_headers
+    assert "Authorization" not in landed and landed["Accept"] == "application/json"
+
+
+def test_redirect_within_the_origin_keeps_the_api_key(server):
+    e = engine(server, api_key="sk-test")
+    assert e.generate([req("redirect:/v1/landing")], GenerationParams()) == [["redirected"]]
+    [landed] = server.get_headers
+    assert landed["Authorization"] == "Bearer sk-test"
+
+
+def test_origin_compares_scheme_host_and_port():
+    assert _origin("http://Example.com/v1") == _origin("http://example.com:80/x")
+    assert _origin("https://example.com/v1") == _origin("https://example.com:443/v1")
+    assert _origin("https://example.com/v1") != _origin("http://example.com/v1")
+    assert _origin("http://example.com:8000/v1") != _origin("http://example.com:8001/v1")
+    assert _origin("http://a.example.com/v1") != _origin("http://example.com/v1")
 
 
 def test_retries_exhausted(server):

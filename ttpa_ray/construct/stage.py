@@ -3,7 +3,8 @@
 Each shard (a range of seeds) streams through one Ray Data pipeline of four
 `map_batches` stages (scene → trajectory → answer → query) and a finishing stage that
 assembles and validates episodes. A finished shard leaves `_SUCCESS` with its config
-hash; a re-run skips it. After the last shard the episodes are split and described.
+hash (written atomically, last); a re-run skips it, and redoes a shard whose markers
+cannot be read. After the last shard the episodes are split and described.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ttpa_ray.atomic import read_json, write_atomic, write_json_atomic
 from ttpa_ray.config import ConstructConfig
 from ttpa_ray.construct.dataset import (
     SPLITS,
@@ -36,7 +38,14 @@ from ttpa_ray.construct.steps import (
     step_rows,
 )
 from ttpa_ray.ray_utils import remote_args
-from ttpa_ray.schema.io import StageCounts, config_hash, read_table, write_manifest, write_rows
+from ttpa_ray.schema.io import (
+    StageCounts,
+    config_hash,
+    read_table,
+    shard_done,
+    write_manifest,
+    write_rows,
+)
 from ttpa_ray.schema.records import EPISODE_SCHEMA, QUARANTINE_SCHEMA
 
 log = logging.getLogger("ttpa_ray")
@@ -210,8 +219,7 @@ def run_construct(
         seeds = [cfg.seed + i for i in range(start, min(start + cfg.shard_size, cfg.n_episodes))]
         shard = out / "shards" / f"shard-{cfg.seed + start:08d}-{len(seeds)}"
         shards.append(shard)
-        done = shard / "_SUCCESS"
-        if not (done.exists() and json.loads(done.read_text()).get("key") == key):
+        if not shard_done(shard, key):
             pending[shard] = seeds
     skipped = len(shards) - len(pending)
     ran = 0
@@ -257,6 +265,8 @@ def run_construct(
 
 def _write_shard(shard: Path, table: pa.Table, key: str, seeds: list[int]) -> int:
     """A finished shard's episodes, quarantine and counts; `_SUCCESS` last. → kept rows."""
+    # An old `_SUCCESS` (another key) must not vouch for files half replaced by this run.
+    (shard / "_SUCCESS").unlink(missing_ok=True)
     ok = table.filter(pc.is_null(table["_quarantine_reason"]))
     bad = table.filter(pc.is_valid(table["_quarantine_reason"]))
     write_rows(
@@ -264,8 +274,8 @@ def _write_shard(shard: Path, table: pa.Table, key: str, seeds: list[int]) -> in
     )
     write_rows(shard / "quarantine.parquet", _quarantine_rows(bad), QUARANTINE_SCHEMA)
     counts = _step_counts(table)
-    (shard / "counts.json").write_text(json.dumps([c.__dict__ for c in counts]))
-    (shard / "_SUCCESS").write_text(json.dumps({"key": key, "seeds": [seeds[0], seeds[-1]]}))
+    write_json_atomic(shard / "counts.json", [c.__dict__ for c in counts])
+    write_json_atomic(shard / "_SUCCESS", {"key": key, "seeds": [seeds[0], seeds[-1]]})
     return ok.num_rows
 
 
@@ -301,7 +311,7 @@ def _finalize(
     quarantine = pa.concat_tables([read_table(s / "quarantine.parquet") for s in shards])
     per_step: dict[str, StageCounts] = {}
     for s in shards:
-        for c in json.loads((s / "counts.json").read_text()):
+        for c in read_json(s / "counts.json"):
             prev = per_step.get(c["stage"]) or StageCounts(c["stage"], 0, 0, 0)
             per_step[c["stage"]] = prev.merged(c)
     counts = [c.check() for c in per_step.values()]
@@ -346,7 +356,7 @@ def _finalize(
     path = write_manifest(out, [total, *counts], config=cfg.model_dump(mode="json"), extra=extra)
     manifest = json.loads(path.read_text())
     write_card(out, stats, manifest)
-    (out / "config.resolved.json").write_text(cfg.model_dump_json(indent=2))
+    write_atomic(out / "config.resolved.json", cfg.model_dump_json(indent=2))
     return manifest
 
 

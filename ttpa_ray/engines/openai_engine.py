@@ -3,18 +3,22 @@
 Standard library only (`urllib` + a thread pool): `httpx` is not a dependency of the
 package. One HTTP request per `ChatRequest` (with `n` choices); at most `max_concurrency`
 in flight. Retries with exponential backoff and jitter on connection errors, timeouts, 429
-and 5xx (honouring `Retry-After`, capped); any other 4xx fails at once with the server's
-message. Tool calls in a response are rendered as `<tool_call>` text
-(`ttpa_ray.schema.tool_call_text`), so every engine returns one text format.
+and 5xx (honouring a `Retry-After` in seconds, capped; other values fall back to the
+backoff); any other 4xx fails at once with the server's message. A redirect to another
+origin (scheme, host or port) does not carry the `Authorization` header. Tool calls in a
+response are rendered as `<tool_call>` text (`ttpa_ray.schema.tool_call_text`), so every
+engine returns one text format.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +35,49 @@ MAX_RETRY_AFTER_S = 30.0
 
 class _Retryable(Exception):
     """A failure worth another try (connection, timeout, 429, 5xx)."""
+
+
+def retry_after_s(value: Any) -> float | None:
+    """A `Retry-After` header as a pause in seconds within [0, MAX_RETRY_AFTER_S], or None
+    when it is absent or not a finite, non-negative number (an HTTP date, garbage, -5,
+    nan, inf): the caller then uses its own backoff."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: no origin to share with anything
+        port = -1
+    default = {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port if port is not None else default
+
+
+class _SameOriginAuthRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects copy every request header; the API key must not follow a
+    redirect to another scheme, host or port (another server, or plain HTTP)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
 
 
 @dataclass
@@ -108,6 +155,8 @@ class OpenAIEngine:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not (math.isfinite(backoff_s) and backoff_s >= 0):
+            raise ValueError(f"backoff_s must be a finite number >= 0, got {backoff_s}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key
@@ -118,6 +167,7 @@ class OpenAIEngine:
         self.stats = OpenAIStats()
         self._lock = threading.Lock()
         self._rng = random.Random()
+        self._opener = urllib.request.build_opener(_SameOriginAuthRedirect)
 
     def payload(self, request: ChatRequest, params: GenerationParams) -> dict[str, Any]:
         """The JSON body for one request (`tools`, `seed`, `stop` only when set)."""
@@ -149,7 +199,7 @@ class OpenAIEngine:
         req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         self._count(requests=1)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with self._opener.open(req, timeout=self.timeout_s) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as exc:
             message = _server_message(exc.read() or b"")
@@ -172,11 +222,9 @@ class OpenAIEngine:
         return parsed
 
     def _backoff(self, retry: int, retry_after: Any) -> float:
-        try:
-            if retry_after is not None:
-                return min(float(retry_after), MAX_RETRY_AFTER_S)
-        except (TypeError, ValueError):
-            pass  # an HTTP date: fall back to our own schedule
+        seconds = retry_after_s(retry_after)
+        if seconds is not None:
+            return seconds
         with self._lock:
             jitter = self._rng.uniform(0.5, 1.5)
         return self.backoff_s * 2 ** (retry - 1) * jitter

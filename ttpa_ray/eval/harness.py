@@ -21,7 +21,6 @@ reads that.
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ttpa_ray.atomic import write_json_atomic
 from ttpa_ray.eval.examples import Example, aggregate, score_prediction
 from ttpa_ray.eval.suites import Suite, load_suite
 from ttpa_ray.eval.summary import summarize
@@ -207,7 +207,7 @@ def run_eval(
         "mean_latency_ms": round(sum(r["latency_ms"] for r in rows) / n, 3),
         **loaded.info,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    write_json_atomic(out / "metrics.json", metrics, indent=2, ensure_ascii=False)
     counts = [
         StageCounts(
             f"eval.{loaded.name}", n + len(loaded.quarantine), n, len(loaded.quarantine)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttpa_ray import storage
+from ttpa_ray.atomic import read_json, write_atomic, write_json_atomic
 from ttpa_ray.config import SampleConfig
 from ttpa_ray.ray_utils import remote_args
 from ttpa_ray.sample.candidates import Candidate, dedupe
@@ -39,7 +40,14 @@ from ttpa_ray.sample.turns import (
     Turn,
     episode_turns,
 )
-from ttpa_ray.schema.io import StageCounts, config_hash, read_table, write_manifest, write_rows
+from ttpa_ray.schema.io import (
+    StageCounts,
+    config_hash,
+    read_table,
+    shard_done,
+    write_manifest,
+    write_rows,
+)
 from ttpa_ray.schema.records import PAIR_SCHEMA, QUARANTINE_SCHEMA, QuarantineRecord
 
 STAGE = "sample"
@@ -336,8 +344,7 @@ def run_sample(
         n = min(cfg.shard_size, table.num_rows - start)
         shard = out / "shards" / f"shard-{start:08d}-{n}"
         shards.append(shard)
-        done = shard / "_SUCCESS"
-        if done.exists() and json.loads(done.read_text()).get("key") == key:
+        if shard_done(shard, key):  # an unreadable marker: redone (warned)
             continue
         rows, bad, found = _shard_turns(table.slice(start, n).to_pylist(), k, cfg, fit)
         pending[k] = (shard, rows, bad, found)
@@ -408,6 +415,8 @@ def _write_shard(
     shard: Path, table: pa.Table, bad: list[QuarantineRecord], found: int, key: str
 ) -> int:
     """A finished shard: pairs, scored candidates, quarantine and counts; `_SUCCESS` last."""
+    # An old `_SUCCESS` (another key) must not vouch for files half replaced by this run.
+    (shard / "_SUCCESS").unlink(missing_ok=True)
     ok = table.filter(pc.is_null(table["_quarantine_reason"]))
     failed = table.filter(pc.is_valid(table["_quarantine_reason"]))
     pairs = [p for s in ok["pairs"].to_pylist() for p in json.loads(s)]
@@ -436,10 +445,10 @@ def _write_shard(
         "forward_tokens": int(pc.sum(ok["forward_tokens"]).as_py() or 0),
         "candidates_by_source": dict(Counter(c["source"] for c in cands)),
     }
-    (shard / "counts.json").write_text(
-        json.dumps({"counts": {k: c.__dict__ for k, c in counts.items()}, **extra})
+    write_json_atomic(
+        shard / "counts.json", {"counts": {k: c.__dict__ for k, c in counts.items()}, **extra}
     )
-    (shard / "_SUCCESS").write_text(json.dumps({"key": key}))
+    write_json_atomic(shard / "_SUCCESS", {"key": key})
     return len(pairs)
 
 
@@ -512,7 +521,7 @@ def _finalize(
     totals: dict[str, StageCounts] = {}
     extra: dict[str, Any] = {"pairs_by_source": Counter(), "candidates_by_source": Counter()}
     for s in shards:
-        data = json.loads((s / "counts.json").read_text())
+        data = read_json(s / "counts.json")
         for name, c in data.pop("counts").items():
             prev = totals.get(name) or StageCounts(c["stage"], 0, 0, 0)
             totals[name] = prev.merged(c)
@@ -566,6 +575,6 @@ def _finalize(
         with (export / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
             for r in rows:
                 fh.write(json.dumps(fn(r), ensure_ascii=False) + "\n")
-    (out / "config.resolved.json").write_text(cfg.model_dump_json(indent=2))
+    write_atomic(out / "config.resolved.json", cfg.model_dump_json(indent=2))
     path = write_manifest(out, counts, config=cfg.model_dump(mode="json"), extra=manifest_extra)
     return json.loads(path.read_text())

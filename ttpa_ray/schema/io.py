@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ttpa_ray.atomic import atomic_file, read_json_marker, write_json_atomic
 from ttpa_ray.schema.records import QUARANTINE_SCHEMA, QuarantineRecord
 
 log = logging.getLogger("ttpa_ray")
@@ -26,14 +27,12 @@ def write_rows(
 ) -> int:
     """Write rows (dicts) as one Parquet file with `schema`; returns the row count.
 
-    Writes to a temporary name and renames, so a reader never sees half a file.
+    Written to a temporary sibling, fsynced and renamed (`atomic_file`), so a reader never
+    sees half a file, and a `_SUCCESS` written after it never outlives it on a crash.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(list(rows), schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        pq.write_table(table, f)
     return table.num_rows
 
 
@@ -121,8 +120,17 @@ def write_manifest(
         "stages": [asdict(c) for c in counts],
         **(extra or {}),
     }
-    out.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    return out
+    return write_json_atomic(out, manifest, indent=2, sort_keys=True, default=str)
+
+
+def shard_done(shard: Path, key: str) -> bool:
+    """Whether `shard` finished under resume key `key`: its `_SUCCESS` names the key and
+    its `counts.json` can be read. A torn or garbled marker (warned, with its path) means
+    not done, so the shard is redone rather than the run stopped."""
+    success = read_json_marker(shard / "_SUCCESS")
+    if not isinstance(success, dict) or success.get("key") != key:
+        return False
+    return read_json_marker(shard / "counts.json") is not None
 
 
 def length_stats(lengths: list[int]) -> dict[str, int]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ttpa_ray.atomic import write_json_atomic
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.storage import join, local_path, upload
 from ttpa_ray.train.data import collate_pairs, collate_sft
@@ -109,7 +110,7 @@ class Trainer:
         with tempfile.TemporaryDirectory() as d:
             self.engine.save_checkpoint(d, tag="ds")  # every rank writes its own shard files
             if self.rank == 0:
-                (Path(d) / "state.json").write_text(json.dumps({"step": self.step}))
+                write_json_atomic(Path(d) / "state.json", {"step": self.step})
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
     # -- one optimizer step ------------------------------------------------------------------
@@ -196,7 +197,8 @@ class Trainer:
             from ttpa_ray.train.export import export_model
 
             export_model(state, self.c["model_dir"], self.cfg, self.out / "model")
-            (self.out / "final_logps.json").write_text(json.dumps(probe))
+            # the driver takes this file as "the export is complete": whole or absent
+            write_json_atomic(self.out / "final_logps.json", probe)
             if self.c.get("sync_uri"):
                 # Rank 0 may run on another node than the driver: what the driver reads
                 # after fit() goes through the run dir's storage.

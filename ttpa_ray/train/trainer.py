@@ -11,12 +11,14 @@ Rows that cannot become examples (no assistant tokens, a completion longer than
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from ttpa_ray.atomic import read_json_marker, write_atomic, write_json_atomic
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.schema.io import (
     StageCounts,
@@ -37,6 +39,7 @@ from ttpa_ray.train.data import (
     sft_turn_examples,
 )
 
+log = logging.getLogger("ttpa_ray")
 MODES = ("sft", "dpo")
 PAIR_COLUMNS = ("prompt", "tools")
 
@@ -222,7 +225,8 @@ def reference_logps(
         }
     )
     path, meta = out / "reference.parquet", out / "reference.json"
-    if path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
+    cached = read_json_marker(meta)  # unreadable: warned, and recomputed
+    if path.exists() and isinstance(cached, dict) and cached.get("key") == key:
         for r in read_rows(path):
             e = examples[int(r["row"])]
             e.extra["ref_chosen"], e.extra["ref_rejected"] = (
@@ -230,6 +234,8 @@ def reference_logps(
                 list(r["ref_rejected"]),
             )
         return
+    # The old key must not vouch for a parquet file this run replaces and then dies.
+    meta.unlink(missing_ok=True)
     remote, device, dtype = reference_placement(cfg)
     add_reference(examples, model_uri or str(model_dir), pad_id, remote, device, dtype)
     write_rows(
@@ -240,7 +246,20 @@ def reference_logps(
         ],
         REFERENCE_SCHEMA,
     )
-    meta.write_text(json.dumps({"key": key}))
+    write_json_atomic(meta, {"key": key})
+
+
+def _metric_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of rank 0's `metrics.jsonl`. A line torn by a killed worker (the
+    restarted one appends after it) is skipped with a warning: it must not fail a run
+    whose model is already exported."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            log.warning("%s:%d: not a JSON line (torn by a restart?); skipped", path, n)
+    return rows
 
 
 LORA_AUTO_PARAMS = 100_000_000
@@ -374,7 +393,7 @@ def run_training(
         # rank 0 ran on another node: its export reached this driver only via the URI
         for name in SYNCED:
             download(join(sync_uri, name), out / name)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = _metric_lines(out / "metrics.jsonl")
     extra = {
         "mode": mode,
         "fitted": fitted,
@@ -397,7 +416,7 @@ def run_training(
         config=cfg.model_dump(mode="json"),
         extra=extra,
     )
-    (out / "config.resolved.json").write_text(cfg.model_dump_json(indent=2))
+    write_atomic(out / "config.resolved.json", cfg.model_dump_json(indent=2))
     return json.loads((out / "manifest.json").read_text())
 
 
