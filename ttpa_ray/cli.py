@@ -1,7 +1,12 @@
 """`ttpa-ray` command line. Each subcommand is a thin shell over a stage's Python API.
 
 Exit codes: 0 success, 1 the input had invalid items (e.g. `tools validate`), 2 the
-command could not run (bad arguments, missing or unreadable input).
+command could not run (bad arguments, missing or unreadable input, an output path holding
+data ttpa-ray did not write), reported as one `error:` line (`-v` adds the traceback).
+
+Outputs: a directory ttpa-ray creates gets a `.ttpa-ray-out` marker, and only such a
+directory is resumed, or replaced (`score`), without `--overwrite`; nothing ttpa-ray did
+not write is ever deleted (see `ttpa_ray/outdir.py`).
 """
 
 from __future__ import annotations
@@ -9,28 +14,116 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import yaml
+
+from ttpa_ray.outdir import OutDirError, claim_out_dir, replacing_file
 
 log = logging.getLogger("ttpa_ray")
 EXPORT_FORMATS = ("openai-jsonl", "sharegpt")  # keys of construct.dataset.EXPORTERS
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # --api-key-env takes a name, never a key
 
 
 class UsageError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+# What a user can cause (bad flags, files, configs, outputs): one `error:` line, exit 2.
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (
+    UsageError,
+    OutDirError,
+    OSError,
+    ValueError,
+    KeyError,
+    RecursionError,
+    yaml.YAMLError,
+)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_above(low: float, inclusive: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value >= low if inclusive else value > low) or value != value:
+            raise argparse.ArgumentTypeError(
+                f"must be {'at least' if inclusive else 'greater than'} {low}, got {text}"
+            )
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _int_at_least(1)
+NON_NEGATIVE_INT = _int_at_least(0)
+POSITIVE_FLOAT = _float_above(0.0)
+NON_NEGATIVE_FLOAT = _float_above(0.0, inclusive=True)
+
+
+def _need(path: str, flag: str) -> None:
+    """A local input must exist before any work starts (URIs are the stage's to check)."""
+    if "://" not in str(path) and not Path(path).exists():
+        raise FileNotFoundError(f"{flag}: not found: {path}")
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from ttpa_ray.config import load_config
+
+    try:
+        return load_config(args.config)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--config: {_error_text(e)}") from None
+
+
+def _override(cfg: Any, updates: dict[str, Any], section: str) -> Any:
+    """`cfg` with the command line's `updates`, validated exactly as the YAML is."""
+    from pydantic import ValidationError
+
+    from ttpa_ray.config import describe
+
+    if not updates:
+        return cfg
+    try:
+        return type(cfg).model_validate({**cfg.model_dump(), **updates})
+    except ValidationError as e:
+        raise UsageError(f"invalid {section} settings:\n  {describe(e, section + '.')}") from None
+
+
 def _cmd_tools_validate(args: argparse.Namespace) -> int:
+    from ttpa_ray.outdir import check_file_writable
     from ttpa_ray.schema.io import write_quarantine
     from ttpa_ray.tools.catalog import load_file
 
+    if args.quarantine:
+        check_file_writable(args.quarantine, overwrite=args.overwrite)
     cat = load_file(args.file)
     for q in cat.quarantine:
         print(f"INVALID {q.row_id}: {q.reason}")
     print(f"{args.file}: {len(cat.tools)} valid, {len(cat.quarantine)} invalid tool(s)")
     if args.quarantine:
-        write_quarantine(args.quarantine, cat.quarantine)
+        with replacing_file(args.quarantine, "tools validate", overwrite=args.overwrite) as tmp:
+            write_quarantine(tmp, cat.quarantine)
     return 1 if cat.quarantine else 0
 
 
@@ -45,6 +138,7 @@ def _cmd_tools_import(args: argparse.Namespace) -> int:
         cat = load_bfcl(cats)
     else:
         cat = load_file(source)
+    claim_out_dir(args.out, "tools import", overwrite=args.overwrite)
     counts = write_catalog(cat, args.out, config={"from": source, "categories": args.categories})
     print(
         f"imported {counts.rows_out} tool(s) from {source} into {args.out} "
@@ -72,6 +166,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         gold_col=args.gold_col,
         tools_col=args.tools_col,
         pred_format=args.pred_format,
+        overwrite=args.overwrite,
     )
     print(json.dumps(counts.__dict__))
     return 0
@@ -88,6 +183,7 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
         seed=args.seed,
         template=args.template,
     )
+    claim_out_dir(args.out, "tiny-model", overwrite=args.overwrite)
     texts = catalog_texts(load_builtin().openai(), template=args.template)
     out = create_tiny_model_dir(texts, args.out, cfg)
     print(f"tiny model + tokenizer written to {out}")
@@ -95,17 +191,14 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_construct(args: argparse.Namespace) -> int:
-    from ttpa_ray.config import load_config
     from ttpa_ray.construct.stage import run_construct
 
-    cfg = load_config(args.config).construct
-    updates: dict[str, Any] = {}
-    if args.catalog:
-        updates["catalog"] = args.catalog
-    if args.n:
-        updates["n_episodes"] = args.n
-    if args.workers:
-        updates["workers"] = args.workers
+    cfg = _load_config(args).construct
+    updates: dict[str, Any] = {
+        k: v
+        for k, v in (("catalog", args.catalog), ("n_episodes", args.n), ("workers", args.workers))
+        if v is not None
+    }
     teacher = {
         k: v
         for k, v in (
@@ -113,21 +206,14 @@ def _cmd_construct(args: argparse.Namespace) -> int:
             ("model", args.teacher_model),
             ("base_url", args.base_url),
         )
-        if v
+        if v is not None
     }
     if teacher:
         updates["teacher"] = {**cfg.teacher.model_dump(), **teacher}
-    if updates:
-        from pydantic import ValidationError
-
-        from ttpa_ray.config import describe
-
-        try:
-            cfg = type(cfg).model_validate({**cfg.model_dump(), **updates})
-        except ValidationError as e:
-            raise UsageError(
-                f"invalid construct settings:\n  {describe(e, 'construct.')}"
-            ) from None
+    cfg = _override(cfg, updates, "construct")
+    if cfg.catalog not in ("builtin", "bfcl"):
+        _need(cfg.catalog, "construct.catalog")
+    claim_out_dir(args.out, "construct", overwrite=args.overwrite)
     manifest = run_construct(cfg, args.out)
     print(
         f"episodes: {manifest['splits']} quarantined: {manifest['quarantined']} "
@@ -138,14 +224,16 @@ def _cmd_construct(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ttpa_ray.config import load_config
-    from ttpa_ray.train.trainer import run_training
+    cfg = _load_config(args).train
+    updates = {
+        k: v for k, v in (("workers", args.workers), ("max_steps", args.max_steps)) if v is not None
+    }
+    cfg = _override(cfg, updates, "train")
+    _need(args.data, "--data")
+    _need(args.model, "--model")
+    claim_out_dir(args.out, f"train {args.mode}", overwrite=args.overwrite)
+    from ttpa_ray.train.trainer import run_training  # torch, DeepSpeed: after the checks
 
-    cfg = load_config(args.config).train
-    if args.workers:
-        cfg = cfg.model_copy(update={"workers": args.workers})
-    if args.max_steps:
-        cfg = cfg.model_copy(update={"max_steps": args.max_steps})
     manifest = run_training(args.mode, cfg, args.data, args.model, args.out)
     final = manifest["final"]
     shown = {k: round(v, 4) for k, v in final.items() if isinstance(v, float)}
@@ -155,22 +243,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from ttpa_ray.config import describe, load_config
     from ttpa_ray.sample.stage import run_sample
 
-    cfg = load_config(args.config).sample
+    cfg = _load_config(args).sample
     updates: dict[str, Any] = {"policy": args.policy}
     if args.policy.startswith(("http://", "https://")):
         updates["engine"] = "openai"
     for key in ("engine", "mode", "model", "n", "workers", "split", "max_episodes", "distractors"):
         if getattr(args, key) is not None:
             updates[key] = getattr(args, key)
-    try:
-        cfg = type(cfg).model_validate({**cfg.model_dump(), **updates})
-    except ValidationError as e:
-        raise UsageError(f"invalid sample settings:\n  {describe(e, 'sample.')}") from None
+    cfg = _override(cfg, updates, "sample")
+    _need(args.episodes, "--episodes")
+    claim_out_dir(args.out, "sample", overwrite=args.overwrite)
     m = run_sample(cfg, args.episodes, args.out)
     print(
         f"pairs: {m['pairs']} {m['pairs_by_source']} from {m['stages'][1]['rows_out']} turns; "
@@ -184,15 +268,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def serve_config_from_args(args: argparse.Namespace) -> Any:
     """The `serve` section of `--config`, with the command line's overrides."""
-    from pydantic import ValidationError
-
-    from ttpa_ray.config import describe, load_config
-
-    cfg = load_config(args.config).serve
+    cfg = _load_config(args).serve
     updates: dict[str, Any] = {}
-    for key in ("model", "model_id", "host", "port", "backend", "max_ongoing_requests"):
+    keys = ("model", "model_id", "host", "port", "backend", "max_ongoing_requests", "api_key_env")
+    for key in keys:
         if getattr(args, key, None) is not None:
             updates[key] = getattr(args, key)
+    if updates.get("api_key_env") is not None and not ENV_NAME.fullmatch(updates["api_key_env"]):
+        raise UsageError(
+            f"--api-key-env: {updates['api_key_env']!r} is not an environment variable name "
+            "(pass the variable's name, never the key)"
+        )
     if args.lora:
         adapters = dict(cfg.adapters)
         for item in args.lora:
@@ -202,38 +288,78 @@ def serve_config_from_args(args: argparse.Namespace) -> Any:
                 name, path = Path(item).name, item
             adapters[name] = path
         updates["adapters"] = adapters
-    if args.no_batching:
+    if getattr(args, "no_batching", False):
         updates["batching"] = False
-    try:
-        return type(cfg).model_validate({**cfg.model_dump(), **updates})
-    except ValidationError as e:
-        raise UsageError(f"invalid serve settings:\n  {describe(e, 'serve.')}") from None
+    return _override(cfg, updates, "serve")
+
+
+def _serve_api_key(args: argparse.Namespace, cfg: Any) -> str | None:
+    """The key clients must send: from --api-key, --api-key-file, or the variable named by
+    --api-key-env / serve.api_key_env; None without any (an open endpoint)."""
+    if args.api_key is not None:
+        if not args.api_key.strip():
+            raise UsageError("--api-key: the key is empty")
+        log.warning(
+            "--api-key: the key is visible to other users of this machine (process list, "
+            "shell history); prefer --api-key-env NAME or --api-key-file PATH"
+        )
+        return str(args.api_key)
+    if args.api_key_file is not None:
+        path = Path(args.api_key_file)
+        if not path.is_file():
+            raise UsageError(f"--api-key-file: not found (or not a file): {path}")
+        key = path.read_text(encoding="utf-8").strip()
+        if not key:
+            raise UsageError(f"--api-key-file: {path} is empty")
+        mode = path.stat().st_mode
+        if mode & 0o044:
+            log.warning(
+                "--api-key-file: %s is readable by other users (mode %o); chmod 600 it",
+                path,
+                mode & 0o777,
+            )
+        return key
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env, "").strip()
+        if not key:
+            source = "--api-key-env" if args.api_key_env else "serve.api_key_env"
+            raise UsageError(f"{source}: environment variable {cfg.api_key_env} is not set")
+        return key
+    return None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import yaml
-
     cfg = serve_config_from_args(args)
     if not cfg.model:
         raise UsageError("--model (or serve.model in --config) is required")
     if args.write_config:
         from ttpa_ray.serve.deploy import serve_config_file
 
+        if args.api_key is not None or args.api_key_file is not None:
+            flag = "--api-key" if args.api_key is not None else "--api-key-file"
+            raise UsageError(
+                f"{flag} with --write-config: a Serve config file cannot hold the key; "
+                "pass --api-key-env NAME and set NAME where the server runs"
+            )
         out = Path(args.write_config)
-        out.write_text(yaml.safe_dump(serve_config_file(cfg), sort_keys=False))
+        with replacing_file(out, "serve", overwrite=args.overwrite) as tmp:
+            tmp.write_text(yaml.safe_dump(serve_config_file(cfg), sort_keys=False))
         print(f"Serve config written to {out}: serve run {out}  (or: serve deploy {out})")
+        if cfg.api_key_env:
+            print(f"the server requires the API key in ${cfg.api_key_env}: set it where it runs")
         return 0
     from ttpa_ray.serve.deploy import run_blocking
 
-    run_blocking(cfg, api_key=args.api_key)
+    run_blocking(cfg, api_key=_serve_api_key(args, cfg))
     return 0
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from ttpa_ray.config import load_config
     from ttpa_ray.pipeline import run_pipeline
 
-    cfg = load_config(args.config)
+    cfg = _load_config(args)
+    # before _quiet_ray, which writes RUN_DIR/logs; URIs are not checked (no local dir)
+    claim_out_dir(args.run_dir, "pipeline", overwrite=args.overwrite, legacy=("pipeline.json",))
     _quiet_ray(args, args.run_dir)
     run_pipeline(cfg, args.run_dir, start=args.start, until=args.until)
     print(f"run dir: {args.run_dir} (pipeline.json, report/index.html)")
@@ -243,6 +369,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ttpa_ray.eval import run_eval
 
+    claim_out_dir(args.out, "eval", overwrite=args.overwrite)
     m = run_eval(
         args.endpoint,
         args.model,
@@ -288,14 +415,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ttpa_ray.schema.io import read_rows
 
     src = Path(args.episodes)
+    _need(args.episodes, "--episodes")
     files = sorted(src.glob("*.parquet")) if src.is_dir() else [src]
     if not files:
         raise UsageError(f"no episode Parquet files in {src}")
     convert = EXPORTERS[args.format]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with out.open("w") as f:
+    with replacing_file(out, "export", overwrite=args.overwrite) as tmp, tmp.open("w") as f:
         for path in files:
             for row in read_rows(path):
                 f.write(json.dumps(convert(row), ensure_ascii=False) + "\n")
@@ -307,6 +434,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ttpa_ray.demo import run_demo
 
+    if args.config is not None:
+        _load_config(args)  # a bad config fails now, not after the showcase
+    claim_out_dir(args.out, "demo", overwrite=args.overwrite, legacy=("demo_summary.json",))
     _quiet_ray(args, args.out)
     run_demo(Path(args.out), args.config)
     return 0
@@ -324,8 +454,25 @@ def _quiet_ray(args: argparse.Namespace, run_dir: str) -> None:
     print(f"Ray's own output (logs, warnings, worker lines): {path}", flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments as one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=what)
+
+
+OVERWRITE_DIR = (
+    "also write into a non-empty --out that ttpa-ray did not create (its files stay; files "
+    "named like the outputs are replaced)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ttpa-ray", description=__doc__.splitlines()[0])
+    p = _Parser(prog="ttpa-ray", description=__doc__.splitlines()[0])
     p.add_argument(
         "-v",
         "--verbose",
@@ -340,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = tsub.add_parser("validate", help="validate a tools file; exit 1 if any tool is invalid")
     v.add_argument("file", help=".json (list or {'tools': [...]}), .jsonl or tools .parquet")
     v.add_argument("--quarantine", help="also write the invalid tools to this Parquet file")
+    _overwrite_flag(v, "replace an existing --quarantine file ttpa-ray did not write")
     v.set_defaults(func=_cmd_tools_validate)
     imp = tsub.add_parser(
         "import", help="import a catalog into DIR (tools.parquet, quarantine, manifest)"
@@ -349,15 +497,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--categories", help="BFCL categories, comma-separated (default: all non-multi-turn)"
     )
+    _overwrite_flag(imp, OVERWRITE_DIR)
     imp.set_defaults(func=_cmd_tools_import)
 
     s = sub.add_parser("score", help="ESM-score predicted vs gold calls on Ray Data")
     s.add_argument("--in", dest="inp", required=True, help="input Parquet (file or directory)")
-    s.add_argument("--out", required=True, help="output Parquet directory")
-    s.add_argument("--quarantine", help="quarantine Parquet (default <out>.quarantine.parquet)")
-    s.add_argument("--workers", type=int, default=1, help="scorer actors")
-    s.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per scorer actor")
-    s.add_argument("--batch-size", type=int, default=4096)
+    s.add_argument(
+        "--out",
+        required=True,
+        help="output Parquet directory: new, empty, or an earlier score output (replaced)",
+    )
+    s.add_argument("--quarantine", help="quarantine Parquet dir (default <out>.quarantine.parquet)")
+    s.add_argument("--workers", type=POSITIVE_INT, default=1, help="scorer actors")
+    s.add_argument("--num-cpus", type=POSITIVE_FLOAT, default=1.0, help="CPUs per scorer actor")
+    s.add_argument("--batch-size", type=POSITIVE_INT, default=4096)
     s.add_argument("--pred-col", default="pred")
     s.add_argument("--gold-col", default="gold")
     s.add_argument("--tools-col", default="tools")
@@ -368,13 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the pred column holds: calls (a JSON call list, or call structs) or "
         "text (raw model output; only <tool_call> blocks are calls, as in eval)",
     )
+    _overwrite_flag(
+        s,
+        "outputs that ttpa-ray did not write are moved aside to <name>.replaced-<time> "
+        "(directories) or replaced (the manifest file), instead of an error",
+    )
     s.set_defaults(func=_cmd_score)
 
     t = sub.add_parser("tiny-model", help="build an untrained tiny model + BPE tokenizer dir")
     t.add_argument("--out", required=True)
-    t.add_argument("--vocab-size", type=int, default=2048)
-    t.add_argument("--hidden-size", type=int, default=128)
-    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--vocab-size", type=POSITIVE_INT, default=2048)
+    t.add_argument("--hidden-size", type=POSITIVE_INT, default=128)
+    t.add_argument("--layers", type=POSITIVE_INT, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--template",
@@ -382,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="hermes",
         help="chat template: tools as JSON schemas (hermes) or one line each (compact)",
     )
+    _overwrite_flag(t, OVERWRITE_DIR)
     t.set_defaults(func=_cmd_tiny_model)
 
     c = sub.add_parser("construct", help="reversed dataset construction on Ray Data (resumable)")
@@ -395,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--teacher-model", help="teacher model dir (hf, vllm) or name (openai)")
     c.add_argument("--base-url", help="openai teacher: endpoint, e.g. http://127.0.0.1:8000/v1")
     c.add_argument("--out", required=True, help="output directory (re-running resumes)")
+    _overwrite_flag(c, OVERWRITE_DIR)
     c.set_defaults(func=_cmd_construct)
 
     tr = sub.add_parser("train", help="SFT or DPO-family training on Ray Train + DeepSpeed")
@@ -404,9 +564,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="sft: construct dir or episodes Parquet; dpo: pairs"
     )
     tr.add_argument("--model", required=True, help="HF model directory to start from")
-    tr.add_argument("--out", required=True, help="output dir: model/, metrics.jsonl, tensorboard/")
+    tr.add_argument(
+        "--out",
+        required=True,
+        help="output dir: model/, metrics.jsonl, ray/ (checkpoints; TensorBoard events in "
+        "ray/tensorboard)",
+    )
     tr.add_argument("--workers", type=int, help="Ray Train workers (overrides the config)")
     tr.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
+    _overwrite_flag(tr, OVERWRITE_DIR)
     tr.set_defaults(func=_cmd_train)
 
     sm = sub.add_parser(
@@ -436,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="offer the called tools + N others per prompt (default: the episode's tools)",
     )
     sm.add_argument("--out", required=True, help="output directory (re-running resumes)")
+    _overwrite_flag(sm, OVERWRITE_DIR)
     sm.set_defaults(func=_cmd_sample)
 
     sv = sub.add_parser(
@@ -451,13 +618,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--host", help="bind address (default 127.0.0.1)")
     sv.add_argument("--port", type=int, help="port (default 8000)")
-    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
+    key = sv.add_mutually_exclusive_group()
+    key.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' (other users can read it in the process "
+        "list: prefer --api-key-env or --api-key-file)",
+    )
+    key.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="require the key held by environment variable NAME (with --write-config: "
+        "written as serve.api_key_env, read where the server runs)",
+    )
+    key.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="require the key in file PATH (stripped; keep it chmod 600)",
+    )
     sv.add_argument("--backend", choices=["hf", "vllm"])
     sv.add_argument("--max-ongoing-requests", type=int, help="per replica; more get 503")
     sv.add_argument("--no-batching", action="store_true", help="turn @serve.batch off")
     sv.add_argument(
         "--write-config", metavar="FILE", help="write a Serve config for serve run/deploy and exit"
     )
+    _overwrite_flag(sv, "--write-config: replace an existing file ttpa-ray did not write")
     sv.set_defaults(func=_cmd_serve)
 
     pl = sub.add_parser(
@@ -473,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval, report",
     )
     pl.add_argument("--until", help="stop after this stage")
+    _overwrite_flag(
+        pl, "also run in a non-empty --run-dir that ttpa-ray did not create (nothing deleted)"
+    )
     pl.set_defaults(func=_cmd_pipeline)
 
     ev = sub.add_parser("eval", help="evaluate an OpenAI-compatible endpoint on a suite")
@@ -485,22 +673,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--out", required=True, help="output dir (results.parquet, metrics.json)")
     ev.add_argument("--api-key", default=None)
-    ev.add_argument("--concurrency", type=int, default=8)
-    ev.add_argument("--max-tokens", type=int, default=512)
-    ev.add_argument("--temperature", type=float, default=0.0)
+    ev.add_argument("--concurrency", type=POSITIVE_INT, default=8)
+    ev.add_argument("--max-tokens", type=POSITIVE_INT, default=512)
+    ev.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=0.0)
     ev.add_argument(
         "--limit",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="examples (per BFCL category); held-out: turns sampled, stratified",
     )
-    ev.add_argument("--distractors", type=int, default=None, help="held-out: extra tools offered")
+    ev.add_argument(
+        "--distractors", type=NON_NEGATIVE_INT, default=None, help="held-out: extra tools offered"
+    )
     ev.add_argument("--seed", type=int, default=0, help="held-out sample and bootstrap intervals")
     ev.add_argument(
-        "--max-turns", type=int, default=None, help="held-out: tool-call turns per episode"
+        "--max-turns", type=POSITIVE_INT, default=None, help="held-out: tool-call turns per episode"
     )
-    ev.add_argument("--max-retries", type=int, default=3)
+    ev.add_argument("--max-retries", type=NON_NEGATIVE_INT, default=3)
     ev.add_argument("--no-progress", action="store_true")
+    _overwrite_flag(ev, OVERWRITE_DIR)
     ev.set_defaults(func=_cmd_eval)
 
     rp = sub.add_parser(
@@ -513,13 +704,53 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", required=True, help="an episodes .parquet or a directory of them")
     e.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
     e.add_argument("--out", required=True, help="output .jsonl file")
+    _overwrite_flag(e, "replace an existing --out file ttpa-ray did not write")
     e.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="foundation showcase + the whole pipeline on the CPU default")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--config", help="pipeline config (make demo: configs/tiny-cpu.yaml)")
+    _overwrite_flag(d, OVERWRITE_DIR)
     d.set_defaults(func=_cmd_demo)
     return p
+
+
+def _one_line(text: str, limit: int = 1000) -> str:
+    """Join a multi-line message: `a:` + `b` → `a: b`, other lines with `; `."""
+    out = ""
+    for line in (ln.strip() for ln in text.splitlines()):
+        if line:
+            out = line if not out else out + (" " if out.endswith(":") else "; ") + line
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
+def _error_text(e: BaseException) -> str:
+    """A user error as one line that names the file or field."""
+    from pydantic import ValidationError
+
+    from ttpa_ray.config import describe
+
+    cause = getattr(e, "cause", None)  # a Ray task error wraps the worker's exception
+    if type(e).__module__.startswith("ray.") and isinstance(cause, BaseException):
+        e = cause
+    if isinstance(e, RecursionError):
+        return "input nested too deeply (JSON or YAML beyond Python's recursion limit)"
+    if isinstance(e, ValidationError):
+        return _one_line(f"invalid settings: {describe(e)}")
+    if isinstance(e, OSError) and e.filename is not None:
+        for cls, what in (
+            (FileNotFoundError, "not found"),
+            (IsADirectoryError, "is a directory, expected a file"),
+            (NotADirectoryError, "not a directory"),
+            (PermissionError, "permission denied"),
+        ):
+            if isinstance(e, cls):
+                return f"{what}: {e.filename}"
+        return f"{e.strerror or type(e).__name__}: {e.filename}"
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, FileNotFoundError) and text and " " not in text:
+        text = f"not found: {text}"  # a bare path, as pyarrow and Ray raise it
+    return _one_line(text or type(e).__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,10 +759,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    prog = " ".join(w for w in ("ttpa-ray", args.command, getattr(args, "tools_command", "")) if w)
     try:
         result: Any = args.func(args)
-    except (UsageError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"ttpa-ray {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        log.debug("%s failed", prog, exc_info=True)  # -v: the traceback, for a bug report
+        print(f"{prog}: error: {_error_text(e)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -472,7 +472,7 @@ def load_config(path: str | Path | None) -> Config:
         return Config()
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file {path} does not exist")
     if path.is_dir():
         raise ValueError(f"{path} is a directory, expected a YAML file")
     try:

@@ -96,7 +96,11 @@ def demo_esm(entries: list[Any], out: Path) -> dict[str, float]:
     src = out / "score" / "input.parquet"
     src.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), src)
-    counts = run_score(src, out / "score" / "scored.parquet", workers=1, num_cpus=0.5)
+    # `out` is the demo's own dir: a scored.parquet there without a marker (an older
+    # version's demo) is moved aside, never deleted.
+    counts = run_score(
+        src, out / "score" / "scored.parquet", workers=1, num_cpus=0.5, overwrite=True
+    )
     by_kind: dict[str, list[float]] = defaultdict(list)
     for r in read_rows(out / "score" / "scored.parquet"):
         by_kind[r["kind"]].append(r["esm_score"])

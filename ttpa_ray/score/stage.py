@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ttpa_ray.outdir import check_file_writable, check_replaceable, replacing_dir, replacing_file
 from ttpa_ray.schema.io import StageCounts, write_manifest
 from ttpa_ray.score.batch import PRED_FORMATS, QUARANTINE_COL, ESMBatchScorer
 
@@ -70,6 +71,34 @@ def _bad_rows(batch: pa.Table, id_col: str) -> pa.Table:
     )
 
 
+def check_input(in_path: str | Path, columns: list[str]) -> None:
+    """Raise before any Ray work when local `in_path` is missing, not Parquet, or lacks one
+    of `columns` (a Parquet file or a directory of them; URIs are left to Ray)."""
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    if "://" in str(in_path):
+        return
+    path = Path(in_path)
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    if path.is_dir() and not any(path.rglob("*.parquet")):
+        raise ValueError(f"input directory {path} holds no .parquet files")
+    try:
+        if path.is_dir():
+            names = pads.dataset(path, format="parquet").schema.names
+        else:
+            names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"input {path} is not readable as Parquet: {e}") from None
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ValueError(
+            f"input {path} has no column(s) {', '.join(missing)} (it has: "
+            f"{', '.join(names) or 'none'}); name them with --pred-col/--gold-col/--tools-col"
+        )
+
+
 def run_score(
     in_path: str | Path,
     out_path: str | Path,
@@ -80,27 +109,41 @@ def run_score(
     batch_size: int = 4096,
     id_col: str = "id",
     pred_format: str = "calls",
+    overwrite: bool = False,
     **cols: str,
 ) -> StageCounts:
     """Score a Parquet dataset on Ray Data; write scored rows, quarantine and a manifest.
 
     Outputs: `out_path` (Parquet directory), `quarantine_path` (default
-    `<out>.quarantine.parquet`), `<out>.manifest.json`. `pred_format`: what the pred
-    column holds, "calls" or "text" (see `ESMBatchScorer`). Raises ValueError on empty
-    input or an unknown `pred_format`.
+    `<out>.quarantine.parquet`, also a directory), `<out>.manifest.json`. Each is written
+    to a temporary sibling and renamed into place at the end, replacing what an earlier
+    run wrote there; a path holding data ttpa-ray did not write raises `OutDirError`
+    before any work, unless `overwrite` (a directory is then moved aside, never deleted;
+    see `ttpa_ray.outdir`). `pred_format`: what the pred column holds, "calls" or "text"
+    (see `ESMBatchScorer`). Raises ValueError on empty input, missing columns or an
+    unknown `pred_format`, and FileNotFoundError on a missing input.
     """
-    import ray
-
-    from ttpa_ray.ray_utils import init_ray
-
     if pred_format not in PRED_FORMATS:  # fail here, not inside every actor
         raise ValueError(f"unknown pred_format {pred_format!r}; expected one of {PRED_FORMATS}")
-    init_ray()
-    t0 = time.perf_counter()
     out_path = Path(out_path)
     q_path = (
         Path(quarantine_path) if quarantine_path else out_path.with_suffix(".quarantine.parquet")
     )
+    manifest_path = out_path.with_suffix(".manifest.json")
+    if len({out_path.resolve(), q_path.resolve(), manifest_path.resolve()}) < 3:
+        raise ValueError(f"score: output {out_path} and quarantine {q_path} must differ")
+    # Every check before Ray starts: a bad input or a foreign output costs no cluster.
+    check_input(in_path, [cols.get(f"{c}_col", c) for c in ("pred", "gold", "tools")])
+    check_replaceable(out_path, overwrite=overwrite)
+    check_replaceable(q_path, overwrite=overwrite)
+    check_file_writable(manifest_path, overwrite=overwrite)
+
+    import ray
+
+    from ttpa_ray.ray_utils import init_ray
+
+    init_ray()
+    t0 = time.perf_counter()
     ds = ray.data.read_parquet(str(in_path))
     scored = score_dataset(
         ds,
@@ -119,20 +162,24 @@ def run_score(
     bad = scored.map_batches(
         _bad_rows, fn_args=(id_col,), batch_format="pyarrow", batch_size=None
     ).materialize()
-    # Overwrite: appending to a previous run's files would duplicate rows.
-    ok.write_parquet(str(out_path), mode="overwrite")
-    bad.write_parquet(str(q_path), mode="overwrite")
+    # Whole-directory replacement: appending to a previous run's files would duplicate
+    # rows, and emptying the directory in place could delete files that are not ours.
+    with replacing_dir(out_path, STAGE, overwrite=overwrite) as tmp:
+        ok.write_parquet(str(tmp))
+    with replacing_dir(q_path, STAGE, overwrite=overwrite) as tmp:
+        bad.write_parquet(str(tmp))
     counts = StageCounts(STAGE, rows_in, ok.count(), bad.count(), time.perf_counter() - t0).check()
-    write_manifest(
-        out_path.with_suffix(".manifest.json"),
-        [counts],
-        config={
-            "in": str(in_path),
-            "workers": workers,
-            "batch_size": batch_size,
-            "pred_format": pred_format,
-            **cols,
-        },
-        extra={"outputs": {"scored": str(out_path), "quarantine": str(q_path)}},
-    )
+    with replacing_file(manifest_path, STAGE, overwrite=overwrite) as tmp:
+        write_manifest(
+            tmp,
+            [counts],
+            config={
+                "in": str(in_path),
+                "workers": workers,
+                "batch_size": batch_size,
+                "pred_format": pred_format,
+                **cols,
+            },
+            extra={"outputs": {"scored": str(out_path), "quarantine": str(q_path)}},
+        )
     return counts

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ttpa_ray.atomic import write_json_atomic
 from ttpa_ray.schema.io import StageCounts, read_rows, write_manifest, write_quarantine, write_rows
 from ttpa_ray.schema.records import QuarantineRecord
 from ttpa_ray.schema.tools import TOOL_SCHEMA, ToolSpec, ToolValidationError, validate_tool
@@ -112,7 +113,10 @@ def read_tool_file(path: str | Path) -> list[Any]:
             {"tool": spec.to_openai(), "result_schema": spec.result_schema, "domain": spec.domain}
             for spec in (ToolSpec.from_row(r) for r in read_rows(path))
         ]
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text, expected JSON") from None
     try:
         if path.suffix == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -121,6 +125,9 @@ def read_tool_file(path: str | Path) -> list[Any]:
         raise ValueError(
             f"{path}: not valid JSON (line {e.lineno}, col {e.colno}): {e.msg}"
         ) from None
+    except RecursionError:
+        # the parser recurses once per `[`/`{`: beyond Python's limit it cannot finish
+        raise ValueError(f"{path}: JSON nested too deeply to read") from None
     if isinstance(data, dict) and isinstance(data.get("tools"), list):
         data = data["tools"]
     if isinstance(data, dict):
@@ -173,7 +180,7 @@ def write_catalog(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_rows(out / "tools.parquet", (t.to_row() for t in cat.tools), TOOL_SCHEMA)
-    (out / "tools.json").write_text(json.dumps(cat.openai(), indent=2, ensure_ascii=False))
+    write_json_atomic(out / "tools.json", cat.openai(), indent=2, ensure_ascii=False)
     write_quarantine(out / "quarantine.parquet", cat.quarantine)
     extra: dict[str, Any] = {"identical_repeats_merged": cat.merged, "name_variants": cat.variants}
     if "entries" in cat.extra:
