@@ -92,6 +92,22 @@ class _Guard:
 _GUARD: _Guard | None = None
 
 
+async def _drain(receive: Any, cap: int) -> bool:
+    """Read and drop the rest of a refused body, up to `cap` bytes: a client that sends
+    its whole body before reading (most do) then gets our answer instead of a reset
+    connection. False when the body is larger than `cap` (the connection is closed)."""
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        seen += len(message.get("body", b""))
+        if seen > cap:
+            return False
+        if not message.get("more_body"):
+            return True
+
+
 async def _reply(send: Any, err: OpenAIError, headers: list[tuple[bytes, bytes]]) -> None:
     body = JSONResponse(err.body()).body
     await send(
@@ -107,7 +123,11 @@ async def _reply(send: Any, err: OpenAIError, headers: list[tuple[bytes, bytes]]
 class GuardMiddleware:
     """Pure ASGI middleware: the API key first (`/v1/*`, constant-time comparison), then
     the body size — both before any of the body is parsed. The body is read here up to
-    `max_body_bytes` (413 beyond, whatever Content-Length says) and replayed to the app."""
+    `max_body_bytes` (413 beyond, whatever Content-Length says) and replayed to the app.
+    A refused body is drained (never stored) up to `DRAIN_FACTOR` times the limit, so the
+    client reads the refusal; past that the connection is closed."""
+
+    DRAIN_FACTOR = 16
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -129,7 +149,9 @@ class GuardMiddleware:
                     None,
                     "invalid_api_key",
                 )
-                await _reply(send, err, [(b"www-authenticate", b"Bearer")])
+                drained = await _drain(receive, self.DRAIN_FACTOR * guard.limits.max_body_bytes)
+                close = [] if drained else [(b"connection", b"close")]
+                await _reply(send, err, [(b"www-authenticate", b"Bearer"), *close])
                 return
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
@@ -142,18 +164,23 @@ class GuardMiddleware:
             None,
             "request_too_large",
         )
+        cap = self.DRAIN_FACTOR * limit
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _reply(send, too_large, [(b"connection", b"close")])
+            drained = int(declared) <= cap and await _drain(receive, cap)
+            await _reply(send, too_large, [] if drained else [(b"connection", b"close")])
             return
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
                 return
             size += len(message.get("body", b""))
             if size > limit:
-                await _reply(send, too_large, [(b"connection", b"close")])
+                chunks.clear()
+                drained = not message.get("more_body") or await _drain(receive, cap - size)
+                await _reply(send, too_large, [] if drained else [(b"connection", b"close")])
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
@@ -261,11 +288,13 @@ class ChatServer:
     """One replica: the backend (model + adapters) and the HTTP routes."""
 
     def __init__(self, config_json: str, api_key: str | None = None) -> None:
+        from ttpa_ray.serve import app as this_module
         from ttpa_ray.serve.backend import HFChatBackend
 
-        global _GUARD
         self.cfg = ServeConfig.model_validate_json(config_json)
-        _GUARD = _Guard(api_key, self.cfg.limits)
+        # Not `global`: Serve pickles this class by value, so its functions see a copy of
+        # the module's globals; the middleware reads the imported module's.
+        this_module._GUARD = _Guard(api_key, self.cfg.limits)
         self.backend = HFChatBackend(
             str(self.cfg.model),
             self.cfg.adapters,
