@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ttpa_ray.cli import UsageError, _error_text, _serve_api_key, main, serve_config_from_args
+from ttpa_ray.cli import UsageError, main
+from ttpa_ray.cli.commands import serve_api_key, serve_config_from_args
+from ttpa_ray.cli.errors import error_text
 from ttpa_ray.outdir import MARKER
 from ttpa_ray.schema.io import read_rows
 
@@ -293,7 +295,7 @@ def test_serve_api_key_sources(tmp_path, monkeypatch, caplog):
 
     def key(*argv: str) -> str | None:
         args = build_parser().parse_args(["serve", "--model", "m", *argv])
-        return _serve_api_key(args, serve_config_from_args(args))
+        return serve_api_key(args, serve_config_from_args(args))
 
     assert key() is None
     monkeypatch.delenv("TTPA_KEY", raising=False)
@@ -324,15 +326,15 @@ def test_serve_api_key_sources(tmp_path, monkeypatch, caplog):
 
 
 def test_error_text_names_the_file():
-    assert _error_text(FileNotFoundError(2, "No such file", "/x/y")) == "not found: /x/y"
-    assert _error_text(IsADirectoryError(21, "Is a dir", "/d")) == (
+    assert error_text(FileNotFoundError(2, "No such file", "/x/y")) == "not found: /x/y"
+    assert error_text(IsADirectoryError(21, "Is a dir", "/d")) == (
         "is a directory, expected a file: /d"
     )
-    assert _error_text(PermissionError(13, "Permission denied", "/p")) == "permission denied: /p"
-    assert _error_text(FileNotFoundError("/bare/path")) == "not found: /bare/path"
-    assert _error_text(KeyError("missing ['gold']")) == "missing ['gold']"
-    assert "nested too deeply" in _error_text(RecursionError("maximum recursion depth"))
-    assert _error_text(ValueError("a:\n  b\n  c")) == "a: b; c"
+    assert error_text(PermissionError(13, "Permission denied", "/p")) == "permission denied: /p"
+    assert error_text(FileNotFoundError("/bare/path")) == "not found: /bare/path"
+    assert error_text(KeyError("missing ['gold']")) == "missing ['gold']"
+    assert "nested too deeply" in error_text(RecursionError("maximum recursion depth"))
+    assert error_text(ValueError("a:\n  b\n  c")) == "a: b; c"
 
 
 def test_verbose_logs_the_traceback(tmp_path, capsys, caplog):

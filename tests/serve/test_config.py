@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ttpa_ray.cli import build_parser, main, serve_config_from_args
+from ttpa_ray.cli import build_parser, main
+from ttpa_ray.cli.commands import serve_config_from_args
 from ttpa_ray.config import ServeConfig
 from ttpa_ray.serve.llm_config import SERVE_LLM_MISSING, build_vllm_app, llm_config_kwargs
 

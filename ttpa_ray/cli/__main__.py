@@ -1,0 +1,7 @@
+"""`python -m ttpa_ray.cli`."""
+
+import sys
+
+from ttpa_ray.cli import main
+
+sys.exit(main())
