@@ -28,7 +28,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+from ttpa_ray.atomic import write_json_atomic
+from ttpa_ray.storage import is_uri
 
 log = logging.getLogger("ttpa_ray")
 MARKER = ".ttpa-ray-out"
@@ -40,16 +42,6 @@ class OutDirError(ValueError):
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _is_uri(path: str | os.PathLike[str]) -> bool:
-    return "://" in str(path)
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 def is_ours(path: str | os.PathLike[str], legacy: tuple[str, ...] = ()) -> bool:
@@ -72,7 +64,7 @@ def _state(path: Path, legacy: tuple[str, ...] = ()) -> str:
 
 def write_marker(path: str | os.PathLike[str], command: str) -> None:
     """Mark directory `path` as written by ttpa-ray `command`."""
-    _write_json(Path(path) / MARKER, {"command": command, "created": _now()})
+    write_json_atomic(Path(path) / MARKER, {"command": command, "created": _now()})
 
 
 def claim_out_dir(
@@ -88,7 +80,7 @@ def claim_out_dir(
     `OutDirError` for a file at `path`, or a non-empty directory without our marker
     (or a `legacy` file) unless `overwrite`.
     """
-    if _is_uri(path):
+    if is_uri(path):
         return
     p = Path(path)
     state = _state(p, legacy)
@@ -233,7 +225,7 @@ def replacing_file(
         tmp.unlink(missing_ok=True)
         raise
     st = p.stat()
-    _write_json(
+    write_json_atomic(
         _file_marker(p),
         {"command": command, "created": _now(), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
     )
