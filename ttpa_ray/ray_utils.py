@@ -6,6 +6,8 @@ A local `ray.init()` binds the machine's interface address; with
 
 `quiet_ray(log_file)` moves Ray's own output (driver loggers, worker output, warnings)
 into a file under the run dir, so the terminal shows our stage lines and progress bars.
+`shutdown_ray()` stops Ray and, for a local cluster `init_ray` started, whatever of it
+outlived `ray.shutdown()`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _PRE_IMPORT = ("ray.data", "ray.serve", "transformers.utils.logging")
 _LIBRARY_LOGGERS = ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune", "transformers")
 _TQDM_MAGIC = "__ray_tqdm_magic_token__"  # ray.experimental.tqdm_ray.RAY_TQDM_MAGIC
 _route: dict[str, Any] = {}  # the active route: path, handler, showwarning, terminal
+_local: dict[str, bool] = {"started": False}  # init_ray started a local cluster in-process
 
 
 def quiet_ray(log_file: str | Path, split_stderr: bool = False) -> Path:
@@ -199,8 +202,40 @@ def init_ray(num_cpus: int | None = None, log_file: str | Path | None = None, **
     kwargs.setdefault("configure_logging", False)
     with _init_output():
         context = ray.init(num_cpus=num_cpus, **kwargs)
+    _local["started"] = True
     _route_worker_output()
     return context
+
+
+def shutdown_ray(grace_s: float = 5.0) -> list[int]:
+    """`ray.shutdown()`; after a local cluster that `init_ray` started, also end what it
+    left running. Returns the pids that had to be signalled (none on a clean stop).
+
+    A local cluster runs as descendants of this process: GCS, raylet and the dashboard as
+    children, the dashboard and runtime-env agents and the workers below the raylet.
+    `ray.shutdown()` stops them, but an agent can outlive its raylet (seen after a
+    SIGTERM), reparented and no longer ours to find. So the descendants are listed before
+    the shutdown (psutil, which checks a pid's start time before signalling, so a reused
+    pid is never hit), and those still alive `grace_s` later get SIGTERM, then SIGKILL.
+    Attached to a cluster (`RAY_ADDRESS`), Ray's processes are not ours: only
+    `ray.shutdown()`.
+    """
+    import psutil
+    import ray
+
+    ours = psutil.Process().children(recursive=True) if _local["started"] else []
+    ray.shutdown()
+    _local["started"] = False
+    _, left = psutil.wait_procs(ours, timeout=grace_s)
+    signalled = sorted(p.pid for p in left)
+    for stop in (psutil.Process.terminate, psutil.Process.kill):
+        for proc in left:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                stop(proc)
+        _, left = psutil.wait_procs(left, timeout=grace_s)
+        if not left:
+            break
+    return signalled
 
 
 def _init_output() -> contextlib.AbstractContextManager[Any]:
