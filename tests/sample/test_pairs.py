@@ -76,7 +76,7 @@ def test_exports(episode_rows):
     assert trl["tools"] == json.loads(turn["tools"])
     share = to_sharegpt(row)
     assert share["chosen"]["from"] == "function_call"
-    assert json.loads(share["rejected"]["value"])[0]["arguments"]["zzz"] == 1
+    assert json.loads(share["rejected"]["value"])["arguments"]["zzz"] == 1  # one call: an object
     assert share["conversations"][0]["from"] == "human"
     assert share["system"] and json.loads(share["tools"])
 

@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output Parquet directory: new, empty, or an earlier score output (replaced)",
     )
-    s.add_argument("--quarantine", help="quarantine Parquet dir (default <out>.quarantine.parquet)")
+    s.add_argument(
+        "--quarantine",
+        help="quarantine Parquet dir (default: --out Y.parquet → Y.quarantine.parquet)",
+    )
     s.add_argument("--workers", type=POSITIVE_INT, default=1, help="scorer actors")
     s.add_argument("--num-cpus", type=POSITIVE_FLOAT, default=1.0, help="CPUs per scorer actor")
     s.add_argument("--batch-size", type=POSITIVE_INT, default=4096)

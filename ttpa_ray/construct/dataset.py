@@ -151,30 +151,57 @@ def to_openai_jsonl(row: dict[str, Any]) -> dict[str, Any]:
     return {"messages": messages, "tools": json.loads(row["tools"])}
 
 
-def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
-    """ShareGPT with tools (LLaMA-Factory's convention: `function_call`/`observation`)."""
-    conv: list[dict[str, str]] = []
-    for m in to_openai_jsonl(row)["messages"]:
-        if m["role"] == "system":
+# LLaMA-Factory's own converter for OpenAI-style data (`OpenAIDatasetConverter` in
+# src/llamafactory/data/converter.py) merges consecutive tool results into one observation
+# joined by this string; its Qwen template wraps the observation in <tool_response> tags, so
+# the merged turn renders as one <tool_response> block per result, as our chat template does.
+SHAREGPT_OBSERVATION_SEP = "\n</tool_response>\n<tool_response>\n"
+
+
+def sharegpt_turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """OpenAI messages (system excluded) → ShareGPT turns that LLaMA-Factory keeps.
+
+    LLaMA-Factory drops a conversation unless `human`/`observation` sit at odd positions and
+    `gpt`/`function_call` at even ones, so the results of one parallel-call turn become a
+    single `observation` (joined by `SHAREGPT_OBSERVATION_SEP`), and the calls themselves
+    one `function_call` turn: a JSON object for one call, a JSON list for parallel calls.
+    An assistant turn's text next to its calls is dropped: a `function_call` value must be
+    pure JSON there.
+    """
+    turns: list[dict[str, str]] = []
+    results: list[str] = []
+    for m in messages:
+        if m["role"] == "tool":
+            results.append(m.get("content") or "")
             continue
+        if results:
+            turns.append({"from": "observation", "value": SHAREGPT_OBSERVATION_SEP.join(results)})
+            results = []
         if m["role"] == "user":
-            conv.append({"from": "human", "value": m["content"] or ""})
-        elif m["role"] == "tool":
-            conv.append({"from": "observation", "value": m["content"] or ""})
+            turns.append({"from": "human", "value": m.get("content") or ""})
         elif m.get("tool_calls"):
             calls = [
                 {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
                 for c in m["tool_calls"]
             ]
-            conv.append(
-                {
-                    "from": "function_call",
-                    "value": json.dumps(calls if len(calls) > 1 else calls[0]),
-                }
-            )
+            value = json.dumps(calls if len(calls) > 1 else calls[0], ensure_ascii=False)
+            turns.append({"from": "function_call", "value": value})
         else:
-            conv.append({"from": "gpt", "value": m["content"] or ""})
-    return {"conversations": conv, "system": row.get("system") or "", "tools": row["tools"]}
+            turns.append({"from": "gpt", "value": m.get("content") or ""})
+    if results:
+        turns.append({"from": "observation", "value": SHAREGPT_OBSERVATION_SEP.join(results)})
+    return turns
+
+
+def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
+    """ShareGPT with tools in LLaMA-Factory's convention (`function_call`/`observation`
+    turns, `system` and `tools` columns; `tools` is a JSON string)."""
+    messages = [m for m in to_openai_jsonl(row)["messages"] if m["role"] != "system"]
+    return {
+        "conversations": sharegpt_turns(messages),
+        "system": row.get("system") or "",
+        "tools": row["tools"],
+    }
 
 
 EXPORTERS = {"openai-jsonl": to_openai_jsonl, "sharegpt": to_sharegpt}

@@ -163,29 +163,20 @@ def to_trl(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sharegpt_turn(m: dict[str, Any]) -> dict[str, str]:
-    role = m["role"]
-    if role == "assistant" and m.get("tool_calls"):
-        calls = [
-            {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
-            for c in m["tool_calls"]
-        ]
-        return {"from": "function_call", "value": json.dumps(calls, ensure_ascii=False)}
-    name = {"user": "human", "assistant": "gpt", "tool": "observation", "system": "system"}[role]
-    return {"from": name, "value": m.get("content") or ""}
-
-
 def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
     """A `pairs` row → ShareGPT preference format (LLaMA-Factory: `conversations`,
-    `chosen`, `rejected`, `system`, `tools`); function calls as `function_call` turns."""
+    `chosen`, `rejected`, `system`, `tools`); turns as the episode export writes them
+    (`construct.dataset.sharegpt_turns`: a parallel call's results are one observation)."""
+    from ttpa_ray.construct.dataset import sharegpt_turns
+
     prompt = _clean(row["prompt"])
     system = prompt[0]["content"] if prompt and prompt[0]["role"] == "system" else ""
     body = prompt[1:] if system else prompt
     tools = row["tools"] if isinstance(row["tools"], str) else json.dumps(row["tools"])
     return {
-        "conversations": [_sharegpt_turn(m) for m in body],
-        "chosen": _sharegpt_turn(_clean(row["chosen"])[0]),
-        "rejected": _sharegpt_turn(_clean(row["rejected"])[0]),
+        "conversations": sharegpt_turns(body),
+        "chosen": sharegpt_turns(_clean(row["chosen"])[:1])[0],
+        "rejected": sharegpt_turns(_clean(row["rejected"])[:1])[0],
         "system": system or "",
         "tools": tools,
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -30,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from ttpa_ray.schema.tool_call_text import render_tool_call
+from ttpa_ray.schema.tool_call_text import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_tool_call
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -49,6 +50,30 @@ TOOL_TOKENS = (
 # tokens, for small-context models. Calls and turns render identically in both.
 TEMPLATES = {"hermes": "hermes_tools.jinja", "compact": "compact_tools.jinja"}
 TEMPLATE_NAME = TEMPLATES["hermes"]
+
+# How transformers 5.x reads our format back (`tokenizer.parse_response(text, prefix=prompt)`;
+# the older `response_schema` key is dropped on load): the calls, and the text outside the
+# blocks stripped and joined by "\n", as `parse_tool_calls` reads it. Unlike ours it raises on
+# a malformed block, and `\s*`/`\Z` keep whitespace-only gaps out of `content`.
+RESPONSE_TEMPLATE: dict[str, Any] = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": f"{IM_START}assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open_pattern": r"\s*" + re.escape(TOOL_CALL_OPEN),
+            "close": TOOL_CALL_CLOSE,
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {
+            "close_pattern": rf"\s*(?:{re.escape(IM_END)}|{re.escape(PAD_TOKEN)}|\Z)",
+            "content": "text",
+            "repeats": True,
+            "join": "\n",
+        },
+    },
+}
 
 
 @cache
@@ -145,6 +170,7 @@ def train_bpe_tokenizer(
         padding_side="right",
     )
     fast.chat_template = chat_template(template)
+    fast.response_template = RESPONSE_TEMPLATE
     return fast
 
 
@@ -213,8 +239,8 @@ def create_tiny_model_dir(
     """Train the tokenizer on `texts`, build the model, save both into `out_dir`.
 
     Writes safetensors weights, `config.json`, `generation_config.json`, `tokenizer.json`,
-    `tokenizer_config.json`, `chat_template.jinja` and `ttpa_tiny.json` (the
-    `TinyModelConfig`). Returns `out_dir` as a Path (created if missing).
+    `tokenizer_config.json` (with `RESPONSE_TEMPLATE`), `chat_template.jinja` and
+    `ttpa_tiny.json` (the `TinyModelConfig`). Returns `out_dir` as a Path (created if missing).
     """
     cfg = config or TinyModelConfig()
     out = Path(out_dir)
@@ -233,6 +259,7 @@ def create_tiny_model_dir(
     tok_cfg_path = out / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text(encoding="utf-8"))
     tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tok_cfg["response_template"] = RESPONSE_TEMPLATE  # 4.x does not save the attribute
     tok_cfg_path.write_text(
         json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
