@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from collections.abc import Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx2
+import openai
 import pytest
 
 from ttpa_ray.engines import ChatRequest, EngineError, GenerationParams
-from ttpa_ray.engines.openai_engine import (
-    MAX_RETRY_AFTER_S,
-    OpenAIEngine,
-    _origin,
-    retry_after_s,
-)
+from ttpa_ray.engines.openai_engine import MAX_RETRY_AFTER_S, OpenAIEngine, retry_after_s
 from ttpa_ray.schema.tool_call_text import parse_tool_calls
 
 TOOL = {
@@ -32,14 +31,15 @@ TOOL = {
 
 class FakeServer:
     """Behaviour is chosen by the last user message: 'ok', 'tools', 'flaky', 'bad', 'slow',
-    'busy', 'retry-after=VALUE' (a first 429 with that header), 'redirect:URL' (a 302 to
-    URL). A GET (where urllib follows a 302) is answered 'redirected' and its headers kept."""
+    'busy', 'not-json' (a 200 with an HTML body), 'retry-after=VALUE' (a first 429 with that
+    header), 'redirect:URL' (a 302 to URL). A GET (where the client follows a 302) is answered 'redirected' and its headers kept."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.bodies: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.get_headers: list[dict[str, str]] = []
+        # As received: looked up case-insensitively (the SDK sends lower-case names).
+        self.headers: list[Message] = []
+        self.get_headers: list[Message] = []
         self.hits: dict[str, int] = {}
         self.active = 0
         self.max_active = 0
@@ -56,11 +56,13 @@ class FakeServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                # The client may have timed out and gone ('slow').
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
 
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 with server.lock:
-                    server.get_headers.append(dict(self.headers))
+                    server.get_headers.append(self.headers)
                 message = {"role": "assistant", "content": "redirected"}
                 return self._send(200, {"choices": [{"index": 0, "message": message}]})
 
@@ -71,7 +73,7 @@ class FakeServer:
                 mode = body["messages"][-1]["content"]
                 with server.lock:
                     server.bodies.append(body)
-                    server.headers.append(dict(self.headers))
+                    server.headers.append(self.headers)
                     hit = server.hits[mode] = server.hits.get(mode, 0) + 1
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
@@ -101,6 +103,14 @@ class FakeServer:
                     self.send_header("Location", mode.split(":", 1)[1])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                    return None
+                if mode == "not-json":
+                    data = b"<html>busy</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                     return None
                 if mode == "bad":
                     return self._send(400, {"error": {"message": "tools[0] is not a valid tool"}})
@@ -261,12 +271,54 @@ def test_redirect_within_the_origin_keeps_the_api_key(server):
     assert landed["Authorization"] == "Bearer sk-test"
 
 
-def test_origin_compares_scheme_host_and_port():
-    assert _origin("http://Example.com/v1") == _origin("http://example.com:80/x")
-    assert _origin("https://example.com/v1") == _origin("https://example.com:443/v1")
-    assert _origin("https://example.com/v1") != _origin("http://example.com/v1")
-    assert _origin("http://example.com:8000/v1") != _origin("http://example.com:8001/v1")
-    assert _origin("http://a.example.com/v1") != _origin("http://example.com/v1")
+@pytest.mark.parametrize(
+    ("start", "target", "kept"),
+    [
+        ("http://Example.com/v1", "http://example.com:80/x", True),  # same origin, spelled apart
+        ("https://example.com/v1", "https://example.com:443/v1", True),
+        ("http://example.com/v1", "https://example.com/v1", True),  # an upgrade, same host
+        ("https://example.com/v1", "http://example.com/v1", False),  # a downgrade
+        ("http://example.com:8000/v1", "http://example.com:8001/v1", False),
+        ("http://a.example.com/v1", "http://example.com/v1", False),
+    ],
+)
+def test_sdk_http_client_keeps_the_api_key_only_within_the_origin(start, target, kept):
+    """The engine relies on the SDK's HTTP client (httpx2) for this; pinned here so an
+    upgrade that changes it fails a test. Cross-port is covered over real sockets above."""
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx2.Response(302, headers={"Location": target})
+        return httpx2.Response(200, json={})
+
+    with openai.DefaultHttpxClient(transport=httpx2.MockTransport(handler)) as client:
+        client.post(start, headers={"Authorization": "Bearer sk-test"}, json={})
+    first, landed = seen
+    assert first.headers["Authorization"] == "Bearer sk-test"
+    assert ("Authorization" in landed.headers) is kept
+
+
+def test_openai_environment_credentials_never_reach_the_endpoint(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-env")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-env")
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "Authorization: Bearer sk-custom-env")
+    engine(server).generate([req("ok")], GenerationParams())
+    engine(server, api_key="sk-test").generate([req("ok")], GenerationParams())
+    keyless, keyed = server.headers
+    assert "Authorization" not in keyless
+    assert keyed["Authorization"] == "Bearer sk-test"
+    for sent in (keyless, keyed):
+        assert "OpenAI-Organization" not in sent and "OpenAI-Project" not in sent
+
+
+def test_response_that_is_not_a_json_object_is_clear(server):
+    e = engine(server, max_retries=3)
+    with pytest.raises(EngineError, match="not a JSON object"):
+        e.generate([req("not-json")], GenerationParams())
+    assert server.hits["not-json"] == 1 and e.stats.failures == 1
 
 
 def test_retries_exhausted(server):

@@ -4,6 +4,12 @@ Supported: anchors `^ $`, literals and escaped literals, classes `[A-Z0-9_]` (ra
 no negation), `\\d \\w \\s`, `.`, quantifiers `{n} {n,} {n,m} ? + *`, groups `( )` /
 `(?: )` with `|`. Anything else (lookarounds, backreferences, negated classes) raises
 `UnsupportedPattern`; `sample_pattern` then falls back to rejection sampling.
+
+Not a library: `exrex` draws from the global `random` (no seeded generator per call);
+`rstr.xeger` repeats `+`/`*` up to 100 times (50-digit parts for `^[0-9]+\\.[0-9]+$`) under
+one module-wide cap that applies to every repeat, so lowering it breaks `{6,9}`; and
+hypothesis's `from_regex` is a test-only dependency. Here `+`/`*`/`{n,}` add at most
+`_UNBOUNDED_EXTRA` repeats, so values look like real ids.
 """
 
 from __future__ import annotations

@@ -1,40 +1,42 @@
 """An engine over any OpenAI-compatible `POST {base_url}/chat/completions` endpoint.
 
-Standard library only (`urllib` + a thread pool): `httpx` is not a dependency of the
-package. One HTTP request per `ChatRequest` (with `n` choices); at most `max_concurrency`
-in flight. Retries with exponential backoff and jitter on connection errors, timeouts, 429
-and 5xx (honouring a `Retry-After` in seconds, capped; other values fall back to the
-backoff); any other 4xx fails at once with the server's message. A redirect to another
-origin (scheme, host or port) does not carry the `Authorization` header. Tool calls in a
-response are rendered as `<tool_call>` text (`ttpa_ray.schema.tool_call_text`), so every
-engine returns one text format.
+Built on the official `openai` SDK: one sync client, shared by a thread pool of at most
+`max_concurrency` requests in flight, one HTTP request per `ChatRequest` (with `n`
+choices). The SDK builds the request, parses the response and the server's error, applies
+the timeout and follows redirects through httpx2, which drops the `Authorization` header
+when a redirect leaves the origin (scheme, host or port; only an http → https upgrade of
+the same host keeps it).
+
+Retrying stays here, with the SDK's own retries off (`max_retries=0`): the SDK waits out a
+`Retry-After` only within (0, 120] s and gives up at once on a longer one, and its backoff
+(0.5 s doubling to 8 s) cannot be set. Ours retries connection errors, timeouts, 408, 409,
+429 and 5xx with `backoff_s` doubling and jitter, honours a `Retry-After` in seconds capped
+at 30 s (other values fall back to the backoff), and counts attempts in `stats`; any other
+4xx fails at once with the server's message. Tool calls in a response are rendered as
+`<tool_call>` text (`ttpa_ray.schema.tool_call_text`), so every engine returns one text
+format.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+import openai
+from openai.types.chat import ChatCompletion
 
 from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams
 from ttpa_ray.schema.tool_call_text import render_assistant_text
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-# A server asking for a longer pause than this is treated as down, not throttled.
+# A longer `Retry-After` is cut to this: one retry waits at most this long.
 MAX_RETRY_AFTER_S = 30.0
-
-
-class _Retryable(Exception):
-    """A failure worth another try (connection, timeout, 429, 5xx)."""
 
 
 def retry_after_s(value: Any) -> float | None:
@@ -50,36 +52,6 @@ def retry_after_s(value: Any) -> float | None:
     return min(seconds, MAX_RETRY_AFTER_S)
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:  # a malformed port: no origin to share with anything
-        port = -1
-    default = {"http": 80, "https": 443}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port if port is not None else default
-
-
-class _SameOriginAuthRedirect(urllib.request.HTTPRedirectHandler):
-    """urllib's redirects copy every request header; the API key must not follow a
-    redirect to another scheme, host or port (another server, or plain HTTP)."""
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and _origin(new.full_url) != _origin(req.full_url):
-            new.remove_header("Authorization")
-        return new
-
-
 @dataclass
 class OpenAIStats:
     """Counters over the engine's lifetime (updated under a lock)."""
@@ -89,20 +61,14 @@ class OpenAIStats:
     failures: int = 0  # requests that raised EngineError
 
 
-def _server_message(body: bytes) -> str:
-    """The `error.message` of an OpenAI-shaped error body, else the body (≤ 500 chars)."""
-    text = body.decode("utf-8", errors="replace")
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:500]
-    if isinstance(data, Mapping):
-        err = data.get("error", data)
-        if isinstance(err, Mapping) and "message" in err:
-            return str(err["message"])[:500]
-        if isinstance(err, str):
-            return err[:500]
-    return text[:500]
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The `error.message` of an OpenAI-shaped error body, else the body (≤ 500 chars).
+    The SDK has already unwrapped `error` into `exc.body`."""
+    if isinstance(exc.body, Mapping) and "message" in exc.body:
+        return str(exc.body["message"])[:500]
+    if isinstance(exc.body, str):
+        return exc.body[:500]
+    return exc.response.text[:500]
 
 
 def choice_logprob(choice: Mapping[str, Any]) -> float | None:
@@ -167,7 +133,21 @@ class OpenAIEngine:
         self.stats = OpenAIStats()
         self._lock = threading.Lock()
         self._rng = random.Random()
-        self._opener = urllib.request.build_opener(_SameOriginAuthRedirect)
+        # The SDK fills what is unset from OPENAI_* variables (OPENAI_API_KEY, OPENAI_ORG_ID,
+        # OPENAI_PROJECT_ID). This endpoint is usually not OpenAI's, so the user's OpenAI
+        # credentials must not reach it: the key is given (a placeholder when there is none,
+        # never sent) and each request sets or omits `Authorization` and the account headers.
+        self._client = openai.OpenAI(
+            base_url=base_url,
+            api_key=api_key or "no-key",
+            max_retries=0,
+            timeout=timeout_s,
+        )
+        self._headers: dict[str, str | openai.Omit] = {
+            "Authorization": f"Bearer {api_key}" if api_key else openai.omit,
+            "OpenAI-Organization": openai.omit,
+            "OpenAI-Project": openai.omit,
+        }
 
     def payload(self, request: ChatRequest, params: GenerationParams) -> dict[str, Any]:
         """The JSON body for one request (`tools`, `seed`, `stop` only when set)."""
@@ -192,34 +172,22 @@ class OpenAIEngine:
             for key, delta in deltas.items():
                 setattr(self.stats, key, getattr(self.stats, key) + delta)
 
-    def _post_once(self, data: bytes) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One HTTP attempt; the SDK's exceptions propagate."""
+        rest = {k: v for k, v in body.items() if k not in ("model", "messages")}
         self._count(requests=1)
-        try:
-            with self._opener.open(req, timeout=self.timeout_s) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            message = _server_message(exc.read() or b"")
-            if exc.code in RETRY_STATUS or exc.code >= 500:
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                raise _Retryable(f"HTTP {exc.code}: {message}", retry_after) from exc
-            raise EngineError(f"HTTP {exc.code} from {self.url}: {message}") from exc
-        except TimeoutError as exc:
-            raise _Retryable(f"timed out after {self.timeout_s}s") from exc
-        except urllib.error.URLError as exc:  # connection refused/reset, DNS, timeout on connect
-            raise _Retryable(f"connection error: {exc.reason}") from exc
-        except (ConnectionError, OSError) as exc:  # reset while reading the body
-            raise _Retryable(f"connection error: {exc}") from exc
-        try:
-            parsed = json.loads(body)
-        except ValueError as exc:
-            raise EngineError(f"response from {self.url} is not JSON: {body[:200]!r}") from exc
-        if not isinstance(parsed, dict):
-            raise EngineError(f"response from {self.url} is not a JSON object")
-        return parsed
+        # Fields go as `extra_body`, not through the SDK's typed parameters, so the JSON sent
+        # is `payload()` as it is (tests/test_prompt_identity.py takes it as what is served).
+        completion = self._client.chat.completions.create(
+            model=body["model"],
+            messages=cast(Any, body["messages"]),
+            extra_body=rest,
+            extra_headers=self._headers,
+        )
+        # The SDK hands back a body that is not a JSON object as it came (text, a list).
+        if not isinstance(completion, ChatCompletion):
+            raise EngineError(f"response from {self.url} is not a JSON object: {completion!r:.200}")
+        return completion.to_dict()
 
     def _backoff(self, retry: int, retry_after: Any) -> float:
         seconds = retry_after_s(retry_after)
@@ -229,6 +197,10 @@ class OpenAIEngine:
             jitter = self._rng.uniform(0.5, 1.5)
         return self.backoff_s * 2 ** (retry - 1) * jitter
 
+    def _fail(self, message: str) -> EngineError:
+        self._count(failures=1)
+        return EngineError(message)
+
     def choices(
         self, request: ChatRequest, params: GenerationParams, **extra: Any
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -236,34 +208,37 @@ class OpenAIEngine:
         `usage` ({} if absent), retrying as documented on the class. `extra` adds body
         fields, e.g. `logprobs=True`."""
         body = {**self.payload(request, params), **extra}
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         label = f"request {request.request_id!r}" if request.request_id else "request"
         last = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self._count(retries=1)
+            retry_after: str | None = None
             try:
-                response = self._post_once(data)
+                response = self._post_once(body)
                 break
-            except _Retryable as exc:
-                last = str(exc.args[0])
-                if attempt < self.max_retries:
-                    time.sleep(
-                        self._backoff(attempt + 1, exc.args[1] if len(exc.args) > 1 else None)
-                    )
-            except EngineError as exc:
-                self._count(failures=1)
-                raise EngineError(f"{label}: {exc}") from exc
+            except openai.APIStatusError as exc:
+                status, message = exc.status_code, _server_message(exc)
+                if status not in RETRY_STATUS and status < 500:
+                    raise self._fail(f"{label}: HTTP {status} from {self.url}: {message}") from exc
+                last = f"HTTP {status}: {message}"
+                retry_after = exc.response.headers.get("Retry-After")
+            except openai.APITimeoutError:
+                last = f"timed out after {self.timeout_s}s"
+            except openai.APIConnectionError as exc:  # refused, reset, DNS
+                last = f"connection error: {exc.__cause__ or exc}"
+            except (EngineError, openai.OpenAIError) as exc:  # a response we cannot use
+                raise self._fail(f"{label}: {exc}") from exc
+            if attempt < self.max_retries:
+                time.sleep(self._backoff(attempt + 1, retry_after))
         else:
-            self._count(failures=1)
-            raise EngineError(
+            raise self._fail(
                 f"{label}: failed after {self.max_retries + 1} attempts to {self.url}: {last}"
             )
         choices = response.get("choices")
         if not isinstance(choices, list) or len(choices) < params.n:
-            self._count(failures=1)
             got = len(choices) if isinstance(choices, list) else 0
-            raise EngineError(f"{label}: server returned {got} choices for n={params.n}")
+            raise self._fail(f"{label}: server returned {got} choices for n={params.n}")
         choices = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
         usage = response.get("usage")
         return choices[: params.n], usage if isinstance(usage, dict) else {}
