@@ -265,6 +265,41 @@ def test_grammar_cache_compiles_each_tool_list_once(tiny):
     assert shared.compile_count - before <= 1
 
 
+def accepts(grammar: C.ToolCallGrammar, tok, text: str) -> bool:
+    """Whether `grammar` accepts exactly `text` followed by eos (a fresh matcher)."""
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return C._replay(grammar, ids) == "tool_calls"  # "terminated", whatever the grammar
+
+
+def test_json_response_grammars(tiny):
+    """A JSON response: exactly one value of the schema; "<" allowed in strings unless
+    tools are offered, and then a tool call is the other way out."""
+    model, tok = tiny
+    compiler = C.ConstraintCompiler(tok, model.config.vocab_size)
+    schema = {
+        "type": "object",
+        "properties": {"note": {"type": "string"}, "n": {"type": "integer"}},
+        "required": ["note"],
+    }
+    alone = compiler.compile_json(schema, limits=LIMITS)
+    assert accepts(alone, tok, '{"note": "a<b", "n": 3}')
+    assert accepts(alone, tok, '{"note": "x"}')
+    assert not accepts(alone, tok, '{"n": 3}')  # required
+    assert not accepts(alone, tok, '{"note": "x"} ')  # nothing after the value
+    assert not accepts(alone, tok, '{"note": "x", "other": 1}')
+    tools = tools_of("get_current_weather")
+    either = compiler.compile_json(schema, tools, limits=LIMITS)
+    assert either.max_calls == 1 and either.min_new_tokens > alone.min_new_tokens
+    assert accepts(either, tok, '{"note": "x"}')
+    assert not accepts(either, tok, '{"note": "a<b"}')  # no tag can hide in a value
+    call = render_tool_call("get_current_weather", {"location": "Paris"})
+    assert accepts(either, tok, call)
+    assert not accepts(alone, tok, call)
+    assert compiler.compile_json(json.loads(json.dumps(schema)), limits=LIMITS) is alone
+    with pytest.raises(ValueError):
+        compiler.compile_json({"type": "object", "properties": {"a": {"$ref": "#"}}})
+
+
 # --- Schema bounding -------------------------------------------------------------------------
 
 

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from ttpa_ray.serve.app import ChatServer
+from ttpa_ray.serve.errors import OpenAIError
 from ttpa_ray.serve.protocol import (
-    Generation,
-    OpenAIError,
-    completion_response,
+    JSON_OBJECT_SCHEMA,
+    PARAMETERS,
     constraint_of,
-    leaked_tool_call,
+    parse_completion_body,
     parse_request,
+    response_schema,
 )
+from ttpa_ray.serve.responses import (
+    Generation,
+    TokenLogprob,
+    chunk,
+    completion_response,
+    leaked_tool_call,
+    model_object,
+    text_chunk,
+    text_completion_response,
+)
+from ttpa_ray.serve.streaming import streamable
 from ttpa_ray.tools.catalog import load_builtin
 
 TOOLS = [t.to_openai() for t in load_builtin().tools[:3]]
@@ -98,9 +110,159 @@ def test_completion_response_turns_calls_into_tool_calls():
 
 
 def test_streaming_holds_back_what_may_open_a_tool_call():
-    s = ChatServer.func_or_class._streamable if hasattr(ChatServer, "func_or_class") else None
-    assert s is not None
+    s = streamable
     assert s("hello", tools=False) == 5
     assert s("hello <tool", tools=True) == len("hello ")
     assert s("hello <tool_call>{", tools=True) == len("hello ")
     assert s("hello <b>", tools=True) == len("hello <b>")
+
+
+# -- the parameter policy, legacy completions, response_format, logprobs ----------------------
+
+REFUSED = [
+    ("functions", [{"name": "f"}]),
+    ("function_call", "auto"),
+    ("logit_bias", {"50256": -100}),
+    ("presence_penalty", 0.5),
+    ("frequency_penalty", -1),
+    ("audio", {"voice": "alloy", "format": "wav"}),
+    ("modalities", ["text", "audio"]),
+    ("prediction", {"type": "content", "content": "x"}),
+    ("web_search_options", {}),
+    ("reasoning_effort", "low"),
+    ("verbosity", "low"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), REFUSED, ids=[n for n, _ in REFUSED])
+def test_unsupported_parameters_are_refused_by_name(name, value):
+    err = error_of({**OK, name: value})
+    assert err.status == 400 and err.param == name and err.code == "unsupported_parameter"
+
+
+def test_neutral_ignored_and_null_parameters_are_accepted():
+    neutral = {
+        "logit_bias": {},
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "modalities": ["text"],
+        "functions": None,
+        "audio": None,
+    }
+    ignored = {"user": "u", "metadata": {"a": "b"}, "store": False, "service_tier": "auto"}
+    nulls = {"temperature": None, "n": None, "stream": None, "top_p": None, "max_tokens": None}
+    req = parse_request({**OK, **neutral, **ignored, **nulls, "top_k": 5})
+    assert (req.temperature, req.n, req.stream, req.top_p) == (1.0, 1, False, 1.0)
+    assert PARAMETERS["chat"].unknown(req.model_extra or {}) == ["top_k"]  # logged, ignored
+
+
+def test_logprobs_validation():
+    assert parse_request({**OK, "logprobs": True}).top_k_logprobs == 0
+    assert parse_request({**OK, "logprobs": True, "top_logprobs": 20}).top_k_logprobs == 20
+    assert parse_request(OK).top_k_logprobs is None
+    assert error_of({**OK, "top_logprobs": 2}).param == "top_logprobs"  # needs logprobs
+    assert error_of({**OK, "logprobs": True, "top_logprobs": 21}).param == "top_logprobs"
+    assert error_of({**OK, "logprobs": True, "stream": True}).param == "logprobs"
+
+
+def test_response_format():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    assert response_schema(parse_request({**OK, "response_format": rf})) == schema
+    as_object = parse_request({**OK, "response_format": {"type": "json_object"}})
+    assert response_schema(as_object) == JSON_OBJECT_SCHEMA
+    assert response_schema(parse_request({**OK, "response_format": {"type": "text"}})) is None
+    remote = {"type": "object", "properties": {"a": {"$ref": "https://x.test/s.json"}}}
+    for bad in (
+        {"type": "xml"},
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": {"name": "x"}},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": remote}},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": 1}},
+    ):
+        assert error_of({**OK, "response_format": bad}).param == "response_format", bad
+    forced = {**OK, "tools": TOOLS, "tool_choice": "required", "response_format": rf}
+    assert error_of(forced).param == "response_format"
+    auto = parse_request({**forced, "tool_choice": "auto"})  # JSON or a tool call: fine
+    assert response_schema(auto) == schema and constraint_of(auto) is None
+
+
+def completion_error(body) -> OpenAIError:
+    with pytest.raises(OpenAIError) as info:
+        parse_completion_body(json.dumps(body).encode())
+    return info.value
+
+
+def test_completion_requests():
+    base = {"model": "m", "prompt": "Once upon"}
+    req = parse_completion_body(json.dumps({**base, "logprobs": 2, "echo": False}).encode())
+    assert req.text == "Once upon" and req.logprobs == 2 and req.new_tokens is None
+    assert parse_completion_body(json.dumps({**base, "prompt": ["one"]}).encode()).text == "one"
+    for body, param in [
+        ({**base, "prompt": ["a", "b"]}, "prompt"),
+        ({**base, "prompt": [1, 2, 3]}, "prompt"),
+        ({**base, "prompt": ""}, "prompt"),
+        ({"model": "m"}, "prompt"),
+        ({**base, "echo": True}, "echo"),
+        ({**base, "suffix": "end"}, "suffix"),
+        ({**base, "best_of": 3}, "best_of"),
+        ({**base, "logit_bias": {"1": 5}}, "logit_bias"),
+        ({**base, "logprobs": 21}, "logprobs"),
+        ({**base, "logprobs": 1, "stream": True}, "logprobs"),
+        ({**base, "n": 99}, "n"),
+        ({**base, "stop": [""]}, "stop"),
+        ({**base, "response_format": {"type": "yaml"}}, "response_format"),
+    ]:
+        err = completion_error(body)
+        assert err.status == 400 and err.param == param, (body, err.message)
+
+
+def test_response_shapes_are_openais():
+    """Every shape we send, validated by the `openai` package's own pydantic types (its
+    client only constructs them, without validation)."""
+    from openai.types import Completion, Model
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    top = [TokenLogprob("a", -0.5), TokenLogprob("b", -1.5)]
+    tokens = [TokenLogprob("hi", -0.25, top), TokenLogprob(" x", -2.0, top)]
+    gen = Generation(["hi x", "hi x"], ["stop", "length"], 3, 4, [tokens, tokens])
+    chat = completion_response(parse_request({**OK, "n": 2}), gen)
+    parsed = ChatCompletion.model_validate(chat)
+    content = parsed.choices[0].logprobs.content
+    assert [t.token for t in content] == ["hi", " x"] and content[0].bytes == [104, 105]
+    assert [a.logprob for a in content[1].top_logprobs] == [-0.5, -1.5]
+    text = text_completion_response(
+        parse_completion_body(b'{"model": "m", "prompt": "p", "logprobs": 2}'), gen
+    )
+    legacy = Completion.model_validate(text).choices[0].logprobs
+    assert legacy.tokens == ["hi", " x"] and legacy.text_offset == [0, 2]
+    assert legacy.top_logprobs[0] == {"a": -0.5, "b": -1.5, "hi": -0.25}
+    assert Completion.model_validate(text).object == "text_completion"
+    ChatCompletionChunk.model_validate(chunk("c", "m", 1, {"content": "x"}, None))
+    Completion.model_validate(text_chunk("c", "m", 1, "x", "stop"))
+    assert Model.model_validate(model_object("tiny:a1", 1)).id == "tiny:a1"
+
+
+def test_the_readme_lists_every_parameter():
+    """The README's Serving section documents the policy: every acted-on, ignored and
+    refused field of both routes is named there."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Serving", 1)[1].split("\n## ", 1)[0]
+    for params in PARAMETERS.values():
+        for name in params.acted | params.ignored | set(params.refused):
+            assert f"`{name}`" in section, name
+
+
+def test_the_protocol_modules_stay_light():
+    """Request parsing and response shapes import neither torch nor Ray (a client or a
+    test can use them without a model)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ttpa_ray.serve.protocol, ttpa_ray.serve.responses, ttpa_ray.serve.errors;"
+        "print(sorted(m for m in ('torch', 'ray', 'transformers', 'xgrammar') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -145,7 +145,12 @@ class HFEngine:
         """Token ids of one rendered prompt. Raises `ContextLengthError` (never truncates)
         when it has more than `max_prompt_tokens` tokens or leaves no room in the context."""
         ids = list(self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"])
-        who = f"request {request.request_id!r}: " if request.request_id else ""
+        return self.check_prompt(ids, request.request_id)
+
+    def check_prompt(self, ids: list[int], request_id: str = "") -> list[int]:
+        """`ids`, or `ContextLengthError` when they are over `max_prompt_tokens` or leave
+        no room in the context (also for prompts that are not chat-rendered)."""
+        who = f"request {request_id!r}: " if request_id else ""
         if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
             raise ContextLengthError(
                 f"{who}the prompt has {len(ids)} tokens; max_prompt_tokens accepts at most "

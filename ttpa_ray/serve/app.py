@@ -1,67 +1,71 @@
-"""The Ray Serve application: a FastAPI ingress speaking OpenAI's chat-completions API.
+"""The Ray Serve application: a FastAPI ingress speaking OpenAI's API.
 
 `build_app(config)` → a Serve `Application` (also the `import_path` target of a Serve
 config file: `ttpa_ray.serve.app:build_app`). Routes: `POST /v1/chat/completions`,
-`GET /v1/models`, `GET /healthz`, `GET /stats`, `/openapi.json`, `/docs`.
+`POST /v1/completions` (legacy: a text prompt sent as is), `GET /v1/models`,
+`GET /v1/models/{id}`, `GET /healthz`, `GET /stats`, `/openapi.json`, `/docs`.
 
 Admission: each replica answers at most `max_ongoing_requests` at once; the one over the
 limit gets 503 in OpenAI's error shape right away (Serve's own router is given twice the
 limit, so excess requests reach us to be refused instead of waiting in its queue).
-Batching: concurrent non-streaming requests are grouped by `@serve.batch` and run by the
-backend as batched `generate` calls; `batching: false` runs each request on its own.
-Each request gets `min(max_tokens, context - its prompt tokens)` new tokens whatever its
-batch-mates; a prompt that leaves no room (or is over `max_prompt_tokens`) gets a 400
-`context_length_exceeded` (param `messages`) on every path, streaming included, and its
-batch-mates are served. Whatever fails for one request fails it alone (see the backend).
+Batching: concurrent non-streaming requests (both routes) are grouped by `@serve.batch`
+and run by the backend as batched `generate` calls; `batching: false` runs each request
+on its own. Each request gets `min(max_tokens, context - its prompt tokens)` new tokens
+whatever its batch-mates; a prompt that leaves no room (or is over `max_prompt_tokens`)
+gets a 400 `context_length_exceeded` (param `messages`, or `prompt`) on every path,
+streaming included, and its batch-mates are served. Whatever fails for one request fails
+it alone (see the backend).
 
 Order of checks, cheapest first: the API key (`/v1/*`, before the body is read), the body
-size (413), UTF-8, JSON, nesting and every `serve.limits` count (400 naming `param`), then
-the prompt's length (needs the tokenizer), then generation. Every error, the framework's
-own included (404, 405), is in OpenAI's shape. A client that disconnects stops its
-generation at the next decoding step.
+size (413) (both in `guard.py`), UTF-8, JSON, nesting, refused parameters and every
+`serve.limits` count (400 naming `param`; `protocol.py`), then the prompt's length (needs
+the tokenizer), then generation. Every error, the framework's own included (404, 405,
+422 → 400), is in OpenAI's shape. A client that disconnects stops its generation at the
+next decoding step (`streaming.py`).
 """
 
 import asyncio
-import hmac
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ttpa_ray.config import ServeConfig, ServeLimits
+from ttpa_ray.config import ServeConfig
 from ttpa_ray.ray_utils import remote_args
+from ttpa_ray.serve.checks import text_messages
+from ttpa_ray.serve.errors import OpenAIError, bad_request, engine_error, model_not_found
+from ttpa_ray.serve.guard import GuardMiddleware
 from ttpa_ray.serve.protocol import (
+    PARAMETERS,
     ChatRequest,
-    Generation,
-    OpenAIError,
-    assistant_message,
-    bad_request,
-    chunk,
-    completion_id,
-    completion_response,
+    CompletionRequest,
     constraint_of,
-    leaked_tool_call,
-    models_response,
     parse_body,
-    sse,
-    text_messages,
-    usage,
+    parse_completion_body,
+    response_schema,
 )
+from ttpa_ray.serve.responses import (
+    Generation,
+    completion_response,
+    leaked_tool_call,
+    model_object,
+    models_response,
+    text_completion_response,
+)
+from ttpa_ray.serve.streaming import Stream, chat_events, completion_events
 
 log = logging.getLogger("ttpa_ray")
-TOOL_OPEN = "<tool_call>"
 
 api = FastAPI(
     title="ttpa-ray",
-    description="OpenAI-compatible chat completions with tool calls (TTPA-tuned models).",
+    description="OpenAI-compatible chat and text completions with tool calls (TTPA-tuned models).",
     version="0.1.0",
 )
 
@@ -80,123 +84,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
 
-class _Guard:
-    """What this replica's ASGI middleware enforces (set by `ChatServer.__init__`; one
-    replica per process, so a module global is per replica)."""
-
-    def __init__(self, api_key: str | None, limits: ServeLimits) -> None:
-        self.api_key = api_key.encode() if api_key else None
-        self.limits = limits
-
-
-_GUARD: _Guard | None = None
-
-
-async def _drain(receive: Any, cap: int) -> bool:
-    """Read and drop the rest of a refused body, up to `cap` bytes: a client that sends
-    its whole body before reading (most do) then gets our answer instead of a reset
-    connection. False when the body is larger than `cap` (the connection is closed)."""
-    seen = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return False
-        seen += len(message.get("body", b""))
-        if seen > cap:
-            return False
-        if not message.get("more_body"):
-            return True
-
-
-async def _reply(send: Any, err: OpenAIError, headers: list[tuple[bytes, bytes]]) -> None:
-    body = JSONResponse(err.body()).body
-    await send(
-        {
-            "type": "http.response.start",
-            "status": err.status,
-            "headers": [(b"content-type", b"application/json"), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-class GuardMiddleware:
-    """Pure ASGI middleware: the API key first (`/v1/*`, constant-time comparison), then
-    the body size — both before any of the body is parsed. The body is read here up to
-    `max_body_bytes` (413 beyond, whatever Content-Length says) and replayed to the app.
-    A refused body is drained (never stored) up to `DRAIN_FACTOR` times the limit, so the
-    client reads the refusal; past that the connection is closed."""
-
-    DRAIN_FACTOR = 16
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        guard = _GUARD
-        if scope["type"] != "http" or guard is None:
-            await self.app(scope, receive, send)
-            return
-        if guard.api_key is not None and "/v1/" in scope.get("path", ""):
-            headers = dict(scope.get("headers") or [])
-            auth = headers.get(b"authorization", b"")
-            token = auth[7:] if auth[:7].lower() == b"bearer " else b""
-            if not hmac.compare_digest(token, guard.api_key):
-                err = OpenAIError(
-                    401,
-                    "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                    "invalid_request_error",
-                    None,
-                    "invalid_api_key",
-                )
-                drained = await _drain(receive, self.DRAIN_FACTOR * guard.limits.max_body_bytes)
-                close = [] if drained else [(b"connection", b"close")]
-                await _reply(send, err, [(b"www-authenticate", b"Bearer"), *close])
-                return
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        limit = guard.limits.max_body_bytes
-        too_large = OpenAIError(
-            413,
-            f"the request body is over the limit of {limit} bytes (serve.limits.max_body_bytes)",
-            "invalid_request_error",
-            None,
-            "request_too_large",
-        )
-        cap = self.DRAIN_FACTOR * limit
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            drained = int(declared) <= cap and await _drain(receive, cap)
-            await _reply(send, too_large, [] if drained else [(b"connection", b"close")])
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            size += len(message.get("body", b""))
-            if size > limit:
-                chunks.clear()
-                drained = not message.get("more_body") or await _drain(receive, cap - size)
-                await _reply(send, too_large, [] if drained else [(b"connection", b"close")])
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # later calls: http.disconnect, as the app expects
-
-        await self.app(scope, replay, send)
-
-
 api.add_middleware(GuardMiddleware)
 
 
@@ -212,46 +99,6 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     param = ".".join(loc) or None
     message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
     return JSONResponse(bad_request(message, param).body(), status_code=400)
-
-
-def engine_error(exc: Exception) -> OpenAIError:
-    """What one request's failure becomes for its client: `context_length_exceeded` (400,
-    param `messages`) for a prompt that does not fit; 400 param `tools` for tools that
-    cannot be constrained; 400 for any other `EngineError` (the request's fault); 500 for
-    anything else (ours; logged, and only this request gets it)."""
-    from ttpa_ray.engines.base import EngineError
-    from ttpa_ray.engines.hf_engine import ContextLengthError
-    from ttpa_ray.serve.backend import ConstraintError
-
-    if isinstance(exc, ContextLengthError):
-        return bad_request(exc.detail, "messages", "context_length_exceeded")
-    if isinstance(exc, ConstraintError):
-        return bad_request(str(exc), "tools")
-    if isinstance(exc, EngineError):
-        return bad_request(str(exc))
-    return OpenAIError(
-        500,
-        f"the server failed on this request ({type(exc).__name__}); other requests are "
-        "not affected",
-        "server_error",
-        None,
-        "internal_error",
-    )
-
-
-class _Stream(StreamingResponse):
-    """A streaming response that runs `on_close` however it ends: finished, failed, or
-    cancelled because the client went away (its generator may never even start)."""
-
-    def __init__(self, content: Any, on_close: Callable[[], None], **kw: Any) -> None:
-        super().__init__(content, **kw)
-        self.on_close = on_close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.on_close()
 
 
 class Stats:
@@ -282,19 +129,35 @@ class Stats:
             self._leaked.inc(tags={"model": model})
 
 
+def _documented_body(model: Any) -> dict[str, Any]:
+    # the body is parsed by `parse_body`/`parse_completion_body` (limits, UTF-8, depth,
+    # refused parameters); documented as usual
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def _prompt_param(gen_req: Any) -> str:
+    """The field a prompt that does not fit is blamed on. (Defined before `ChatServer`:
+    Serve pickles the class by value, and a global defined after it is missing on the
+    replica.)"""
+    return "prompt" if gen_req.prompt is not None else "messages"
+
+
 @serve.deployment
 @serve.ingress(api)
 class ChatServer:
     """One replica: the backend (model + adapters) and the HTTP routes."""
 
     def __init__(self, config_json: str, api_key: str | None = None) -> None:
-        from ttpa_ray.serve import app as this_module
+        from ttpa_ray.serve import guard
         from ttpa_ray.serve.backend import HFChatBackend
 
         self.cfg = ServeConfig.model_validate_json(config_json)
-        # Not `global`: Serve pickles this class by value, so its functions see a copy of
-        # the module's globals; the middleware reads the imported module's.
-        this_module._GUARD = _Guard(api_key, self.cfg.limits)
+        guard.install(api_key, self.cfg.limits)
         self.backend = HFChatBackend(
             str(self.cfg.model),
             self.cfg.adapters,
@@ -304,32 +167,40 @@ class ChatServer:
         )
         self.model_id = self.cfg.resolved_model_id()
         self.ids = [self.model_id, *(f"{self.model_id}:{a}" for a in self.cfg.adapters)]
+        self.created = int(time.time())
         self.inflight = 0
         self.stats = Stats()
+        self._unknown_seen: set[tuple[str, str]] = set()
         batched: Any = self._generate_batched  # serve.batch's wrapper has the setters
         batched.set_max_batch_size(self.cfg.max_batch_size)
         batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
 
-    # -- helpers ---------------------------------------------------------------------------
+    # -- requests --------------------------------------------------------------------------
 
-    def _gen_request(self, req: ChatRequest) -> Any:
-        from ttpa_ray.serve.backend import GenRequest
-
+    def _sampling(self, req: ChatRequest | CompletionRequest) -> dict[str, Any]:
+        """The GenRequest fields both routes share; 404 for an unknown model id."""
         if req.model not in self.ids:
-            raise OpenAIError(
-                404,
-                f"the model {req.model!r} does not exist; available: {', '.join(self.ids)}",
-                "invalid_request_error",
-                "model",
-                "model_not_found",
-            )
-        adapter = req.model.split(":", 1)[1] if ":" in req.model else None
+            raise model_not_found(req.model, self.ids)
         context = self.backend.engine.max_length
         if (req.new_tokens or 0) > context:
             raise bad_request(
                 f"max_tokens {req.new_tokens} exceeds the model's context of {context} tokens",
                 "max_tokens",
             )
+        return {
+            "n": req.n,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "max_tokens": req.new_tokens or self.cfg.default_max_tokens,
+            "seed": req.seed,
+            "stop": req.stops,
+            "adapter": req.model.split(":", 1)[1] if ":" in req.model else None,
+            "response_schema": response_schema(req, self.cfg.limits),
+        }
+
+    def _chat_request(self, req: ChatRequest) -> Any:
+        from ttpa_ray.serve.backend import GenRequest
+
         choice = req.tool_choice
         return GenRequest(
             messages=text_messages(req.messages),
@@ -337,14 +208,21 @@ class ChatServer:
             tools=None if choice == "none" else req.tools,
             constraint=constraint_of(req),
             parallel_tool_calls=req.parallel_tool_calls,
-            n=req.n,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            max_tokens=req.new_tokens or self.cfg.default_max_tokens,
-            seed=req.seed,
-            stop=req.stops,
-            adapter=adapter,
+            logprobs=req.top_k_logprobs,
+            **self._sampling(req),
         )
+
+    def _text_request(self, req: CompletionRequest) -> Any:
+        from ttpa_ray.serve.backend import GenRequest
+
+        return GenRequest(prompt=req.text, logprobs=req.logprobs, **self._sampling(req))
+
+    def _log_unknown(self, kind: str, req: ChatRequest | CompletionRequest) -> None:
+        """Fields in no set of `PARAMETERS` are ignored; say so once per name."""
+        for name in PARAMETERS[kind].unknown(req.model_extra or {}):
+            if (kind, name) not in self._unknown_seen:
+                self._unknown_seen.add((kind, name))
+                log.warning("ignoring the unknown request field %r (%s)", name, kind)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _generate_batched(self, reqs: list[Any]) -> list[Any]:
@@ -367,7 +245,7 @@ class ChatServer:
             gen_req.cancel.set()  # the client is gone: its rows stop at the next step
             raise
         if isinstance(result, Exception):
-            raise engine_error(result)
+            raise engine_error(result, _prompt_param(gen_req))
         return result
 
     async def _prompt(self, gen_req: Any) -> list[int]:
@@ -382,44 +260,19 @@ class ChatServer:
         try:
             return await asyncio.to_thread(check)
         except Exception as exc:
-            raise engine_error(exc) from exc
+            raise engine_error(exc, _prompt_param(gen_req)) from exc
 
-    def _count(self, req: ChatRequest, body: dict[str, Any]) -> None:
+    def _count(self, body: dict[str, Any]) -> None:
         for choice in body["choices"]:
             msg = choice.get("message") or {}
             self.stats.tool_calls += len(msg.get("tool_calls") or [])
             if leaked_tool_call(msg):
-                self.stats.leaked(req.model)
+                self.stats.leaked(body["model"])
 
-    # -- routes ----------------------------------------------------------------------------
-
-    @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "models": self.ids}
-
-    @api.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return models_response(self.ids)
-
-    @api.get("/stats")
-    async def stats_route(self) -> dict[str, Any]:
-        s = self.stats
-        return {k: v for k, v in vars(s).items() if not k.startswith("_")} | {
-            "inflight": self.inflight
-        }
-
-    @api.post(
-        "/v1/chat/completions",
-        response_model=None,
-        # the body is parsed by `parse_body` (limits, UTF-8, depth); documented as usual
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
-            }
-        },
-    )
-    async def chat(self, request: Request) -> Any:
+    async def _handle(self, request: Request, kind: str) -> Any:
+        """One request of either route: admission (503), parsing (400), then a stream
+        or a batched generation. `inflight` is exact: a stream is counted out by its
+        `on_close`, everything else here."""
         if self.inflight >= self.cfg.max_ongoing_requests:
             self.stats.rejected_503 += 1
             raise OpenAIError(
@@ -434,20 +287,30 @@ class ChatServer:
         streaming = False
         try:
             self.stats.requests += 1
-            body = parse_body(await request.body(), self.cfg.limits)
-            gen_req = self._gen_request(body)
+            raw = await request.body()
+            body: Any
+            if kind == "chat":
+                body = parse_body(raw, self.cfg.limits)
+                gen_req = self._chat_request(body)
+            else:
+                body = parse_completion_body(raw, self.cfg.limits)
+                gen_req = self._text_request(body)
+            self._log_unknown(kind, body)
             gen_req.cancel = threading.Event()
             if body.stream:
                 prompt = await self._prompt(gen_req)
-                streaming = True
-                return _Stream(
-                    self._stream(body, gen_req, prompt),
-                    on_close=lambda: self._stream_closed(gen_req),
-                    media_type="text/event-stream",
+                events = (
+                    chat_events(body, gen_req, prompt, self.backend, self.stats)
+                    if kind == "chat"
+                    else completion_events(body, gen_req, prompt, self.backend)
                 )
+                streaming = True
+                return Stream(events, on_close=lambda: self._stream_closed(gen_req))
             gen = await self._generate(gen_req)
+            if kind == "completions":
+                return text_completion_response(body, gen)
             out = completion_response(body, gen)
-            self._count(body, out)
+            self._count(out)
             return out
         finally:
             if not streaming:
@@ -458,104 +321,41 @@ class ChatServer:
         gen_req.cancel.set()
         self.inflight -= 1
 
-    async def _stream(
-        self, req: ChatRequest, gen_req: Any, prompt: list[int]
-    ) -> AsyncIterator[str]:
-        """SSE chunks: content as it is decoded; a completion that turns out to call tools
-        sends its calls as one `tool_calls` delta at the end (text that may open a
-        `<tool_call>` block is held back, never sent as content). Decoding runs on a
-        worker thread, one piece per await, so a cancelled stream stops pulling at once
-        and its `cancel` event stops the decoding thread."""
-        cid, created = completion_id(), int(time.time())
-        if gen_req.n > 1:
-            # several choices: generate them together, then send each as chunks
-            result = (await asyncio.to_thread(self.backend.generate, [gen_req]))[0]
-            if isinstance(result, Exception):
-                yield sse(engine_error(result).body())
-                return
-            for i, text in enumerate(result.texts):
-                for event in self._choice_chunks(
-                    req, cid, created, i, text, result.finish_reasons[i], role=True
-                ):
-                    yield event
-            final = result
-        else:
-            yield sse(chunk(cid, req.model, created, {"role": "assistant", "content": ""}, None))
-            text, sent, final_gen = "", 0, None
-            pieces = self.backend.stream(gen_req, prompt)
-            try:
-                while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                    if isinstance(piece, Generation):
-                        final_gen = piece
-                        break
-                    text += piece
-                    safe = self._streamable(text, bool(req.tools))
-                    if safe > sent:
-                        delta = {"content": text[sent:safe]}
-                        yield sse(chunk(cid, req.model, created, delta, None))
-                        sent = safe
-            except Exception as exc:
-                yield sse(engine_error(exc).body())
-                return
-            assert final_gen is not None
-            full = final_gen.texts[0]
-            for event in self._choice_chunks(
-                req, cid, created, 0, full, final_gen.finish_reasons[0], sent=sent
-            ):
-                yield event
-            final = final_gen
-        if (req.stream_options or {}).get("include_usage"):
-            body = chunk(cid, req.model, created, {}, None)
-            body["choices"], body["usage"] = [], usage(final)
-            yield sse(body)
-        yield sse("[DONE]")
+    # -- routes ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _streamable(text: str, tools: bool) -> int:
-        """How much of `text` can be sent as content now: all without tools; with tools,
-        up to any `<tool_call>` and not a trailing piece that could start one."""
-        if not tools:
-            return len(text)
-        at = text.find(TOOL_OPEN)
-        if at >= 0:
-            return at
-        for k in range(min(len(TOOL_OPEN) - 1, len(text)), 0, -1):
-            if TOOL_OPEN.startswith(text[-k:]):
-                return len(text) - k
-        return len(text)
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "models": self.ids}
 
-    def _choice_chunks(
-        self,
-        req: ChatRequest,
-        cid: str,
-        created: int,
-        index: int,
-        full: str,
-        reason: str,
-        sent: int = 0,
-        role: bool = False,
-    ) -> Iterator[str]:
-        """The rest of one choice after `sent` characters were streamed: content, or its
-        tool calls as one delta, then the finish chunk."""
-        message, has_calls = assistant_message(full, bool(req.tools))
-        if role:
-            yield sse(chunk(cid, req.model, created, {"role": "assistant"}, None, index))
-        content = message.get("content") or ""
-        if has_calls:
-            # the content before the first call was streamed already (up to `sent`)
-            rest = content[sent:] if content.startswith(full[:sent]) else ""
-            if rest:
-                yield sse(chunk(cid, req.model, created, {"content": rest}, None, index))
-            calls = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
-            yield sse(chunk(cid, req.model, created, {"tool_calls": calls}, None, index))
-            self.stats.tool_calls += len(calls)
-        else:
-            if full[sent:]:
-                yield sse(chunk(cid, req.model, created, {"content": full[sent:]}, None, index))
-            if leaked_tool_call(message):
-                self.stats.leaked(req.model)
-        finish = "tool_calls" if has_calls and reason == "stop" else reason
-        yield sse(chunk(cid, req.model, created, {}, finish, index))
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return models_response(self.ids, self.created)
+
+    @api.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str) -> dict[str, Any]:
+        # `:path`: adapter ids hold ':' and a model id may hold '/'
+        if model_id not in self.ids:
+            raise model_not_found(model_id, self.ids)
+        return model_object(model_id, self.created)
+
+    @api.get("/stats")
+    async def stats_route(self) -> dict[str, Any]:
+        s = self.stats
+        return {k: v for k, v in vars(s).items() if not k.startswith("_")} | {
+            "inflight": self.inflight
+        }
+
+    @api.post(
+        "/v1/chat/completions", response_model=None, openapi_extra=_documented_body(ChatRequest)
+    )
+    async def chat(self, request: Request) -> Any:
+        return await self._handle(request, "chat")
+
+    @api.post(
+        "/v1/completions", response_model=None, openapi_extra=_documented_body(CompletionRequest)
+    )
+    async def completions(self, request: Request) -> Any:
+        return await self._handle(request, "completions")
 
 
 def serve_options(cfg: ServeConfig) -> dict[str, Any]:

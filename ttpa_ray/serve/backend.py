@@ -1,11 +1,18 @@
 """The `hf` serving backend: a local HF model directory, optional LoRA adapters, batches.
 
+A request is a chat (messages rendered with the tokenizer's chat template) or a raw text
+prompt (legacy completions: tokenized as is, no special tokens added); both run through
+the same batched `generate`.
+
 One base model in memory; LoRA adapters are loaded beside it with PEFT
 (`PeftModel.load_adapter`) and selected per batch (`set_adapter`, or `disable_adapter`
 for the base), so SFT, DPO and TTPA variants of one base are served by one replica.
 `generate` takes the requests of one `@serve.batch` call and runs one `model.generate`
 per group of requests that share adapter, sampling settings and new-token budget (left
-padding, one logits processor per row for constrained tool calls).
+padding, one logits processor per row for constrained tool calls and JSON responses).
+
+Logprobs (a request's `logprobs`): the model's raw distribution at each step; what that
+means and costs: `serve/logprobs.py`.
 
 Budgets are per request: `min(max_tokens, context - len(its prompt))`. A prompt whose
 budget the context cuts runs apart from shorter batch-mates, so a long neighbour never
@@ -36,13 +43,19 @@ import torch
 from ttpa_ray.engines.base import ChatRequest as EngineRequest
 from ttpa_ray.engines.base import EngineError
 from ttpa_ray.engines.hf_engine import HFEngine, truncate_at_stop
-from ttpa_ray.serve.protocol import Generation
+from ttpa_ray.serve.logprobs import TokenTexts, covering, step_logprobs, token_logprobs
+from ttpa_ray.serve.responses import Generation
 
 log = logging.getLogger("ttpa_ray")
 
 
 class ConstraintError(EngineError):
-    """The request's tools cannot be compiled into a constrained-decoding grammar."""
+    """The request's tools or response schema cannot be compiled into a
+    constrained-decoding grammar; `param` names the field (`tools`, `response_format`)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class _Cancelled:
@@ -78,12 +91,19 @@ class _IdStreamer:
 
 @dataclass
 class GenRequest:
-    """One chat completion to run. `constraint`: None, "required" or a named-function
-    `tool_choice` (decoding forced to a schema-valid call). `adapter`: None = the base."""
+    """One completion to run: of `messages` (chat-rendered, with `tools`), or of `prompt`
+    (text sent as is) when set. `constraint`: None, "required" or a named-function
+    `tool_choice` (decoding forced to a schema-valid call). `response_schema`: a JSON
+    Schema the completion must follow (or, with `tools` and no constraint, tool calls).
+    `logprobs`: None, or how many top alternatives to report per token (0..20).
+    `adapter`: None = the base."""
 
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
     constraint: str | dict[str, Any] | None = None
+    prompt: str | None = None
+    response_schema: dict[str, Any] | None = None
+    logprobs: int | None = None
     parallel_tool_calls: bool = True
     n: int = 1
     temperature: float = 1.0
@@ -106,7 +126,12 @@ class GenRequest:
             self.max_tokens,
             self.seed,
             tuple(self.stop or ()),
+            self.logprobs is not None,
         )
+
+    @property
+    def constrained(self) -> bool:
+        return bool(self.constraint) or self.response_schema is not None
 
 
 class HFChatBackend:
@@ -140,14 +165,19 @@ class HFChatBackend:
             model.eval()
         self.model = model
         self.vocab_size = int(self.engine.model.config.vocab_size)
+        self._texts = TokenTexts(self.tokenizer)
         # generate() is not re-entrant across adapters: one batch at a time per replica.
         self._lock = threading.Lock()
 
     # -- prompts ---------------------------------------------------------------------------
 
     def prompt_ids(self, req: GenRequest) -> list[int]:
-        """Token ids of the rendered prompt; `ContextLengthError` when it leaves no room in
-        the context or is over `max_prompt_tokens` (never truncated)."""
+        """Token ids of the prompt (`prompt` as is, else the rendered messages);
+        `ContextLengthError` when it leaves no room in the context or is over
+        `max_prompt_tokens` (never truncated)."""
+        if req.prompt is not None:
+            ids = self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
+            return self.engine.check_prompt(list(ids))
         return self.engine.encode(EngineRequest(req.messages, req.tools), req.max_tokens)
 
     def budget(self, req: GenRequest, prompt: list[int]) -> int:
@@ -170,38 +200,47 @@ class HFChatBackend:
 
     # -- generation ------------------------------------------------------------------------
 
-    def check_constraint(self, req: GenRequest) -> None:
-        """Compile the request's grammar now (cached for its batch), so a schema that
-        cannot be compiled fails this request alone with `ConstraintError`."""
-        if not req.constraint:
-            return
+    def _grammar(self, req: GenRequest) -> Any:
+        """The request's compiled grammar (cached by the compiler), None when free;
+        `ConstraintError` naming the field when its schema cannot be compiled."""
+        if not req.constrained:
+            return None
         try:
             from ttpa_ray.serve.constrained import get_compiler
         except ImportError as exc:
             raise EngineError(
-                "tool_choice required / a named function needs xgrammar: "
-                "pip install 'ttpa-ray[constrained]'"
+                "tool_choice required / a named function / response_format json needs "
+                "xgrammar: pip install 'ttpa-ray[constrained]'"
             ) from exc
+        compiler = get_compiler(self.tokenizer, self.vocab_size)
+        param = "tools" if req.response_schema is None else "response_format"
         try:
-            get_compiler(self.tokenizer, self.vocab_size).compile(
+            if req.response_schema is not None:
+                return compiler.compile_json(
+                    req.response_schema, req.tools, parallel_tool_calls=req.parallel_tool_calls
+                )
+            return compiler.compile(
                 req.tools or [], req.constraint, parallel_tool_calls=req.parallel_tool_calls
             )
         except (ValueError, TypeError, KeyError, RecursionError, RuntimeError) as exc:
-            # recursive or unsupported schemas: the client's tools, so a 400 naming them
-            raise ConstraintError(
-                f"tools: cannot constrain decoding to these tools: {exc}"
-            ) from exc
+            # recursive or unsupported schemas: the client's, so a 400 naming the field
+            raise ConstraintError(f"{param}: cannot constrain decoding: {exc}", param) from exc
+
+    def check_constraint(self, req: GenRequest) -> None:
+        """Compile the request's grammar now (cached for its batch), so a schema that
+        cannot be compiled fails this request alone with `ConstraintError`."""
+        self._grammar(req)
 
     def _processors(self, reqs: list[GenRequest]) -> list[Any]:
-        if not any(r.constraint for r in reqs):
+        if not any(r.constrained for r in reqs):
             return []
-        from ttpa_ray.serve.constrained import build_logits_processor
+        from ttpa_ray.serve.constrained import ToolCallConstraint, get_compiler
 
-        rows: list[Any] = []
+        grammars: list[Any] = []
         for r in reqs:
-            spec = (r.tools, r.constraint, r.parallel_tool_calls) if r.constraint else None
-            rows += [spec] * (1 if r.temperature == 0 else r.n)
-        return [build_logits_processor(self.tokenizer, self.vocab_size, rows)]
+            grammars += [self._grammar(r)] * (1 if r.temperature == 0 else r.n)
+        compiler = get_compiler(self.tokenizer, self.vocab_size)
+        return [ToolCallConstraint(grammars, compiler.vocab_size, compiler.stop_token_ids[0])]
 
     def _kwargs(self, head: GenRequest, width: int) -> dict[str, Any]:
         eng = self.engine
@@ -218,6 +257,8 @@ class HFChatBackend:
             kw.update(do_sample=True, temperature=head.temperature, top_p=head.top_p, top_k=0)
         if head.stop:
             kw.update(stop_strings=head.stop, tokenizer=self.tokenizer)
+        if head.logprobs is not None:
+            kw.update(output_logits=True, return_dict_in_generate=True)
         return kw
 
     @staticmethod
@@ -261,13 +302,18 @@ class HFChatBackend:
             out = self.model.generate(
                 input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kw
             )
-        new = out[:, width:].tolist()
+        seqs = out.sequences if head.logprobs is not None else out
+        new_ids = seqs[:, width:]
+        top_k = max(r.logprobs or 0 for r in reqs)
+        scored = step_logprobs(out.logits, new_ids, top_k) if head.logprobs is not None else None
+        new = new_ids.tolist()
         per = kw["num_return_sequences"]
         eos = set(self.engine.eos_token_ids) | {pad}
         results = []
         for i, (req, ids) in enumerate(zip(reqs, prompts, strict=True)):
-            texts, reasons, used = [], [], 0
-            for seq in new[i * per : (i + 1) * per]:
+            texts, reasons, used, logprobs = [], [], 0, []
+            for row in range(i * per, (i + 1) * per):
+                seq = new[row]
                 end = next((k for k, t in enumerate(seq) if t in eos), None)
                 body = seq if end is None else seq[:end]
                 used += len(body) + (0 if end is None else 1)
@@ -276,9 +322,15 @@ class HFChatBackend:
                 stopped = end is not None or cut != text
                 texts.append(cut)
                 reasons.append("stop" if stopped else "length")
+                if scored is not None:
+                    kept = body if cut == text else covering(self.tokenizer, body, cut)
+                    alternatives = req.logprobs or 0
+                    logprobs.append(token_logprobs(scored, row, kept, alternatives, self._texts))
             if per == 1 and req.n > 1:  # greedy: one decode, n identical choices
                 texts, reasons, used = texts * req.n, reasons * req.n, used * req.n
-            results.append(Generation(texts, reasons, len(ids), used))
+                logprobs = logprobs * req.n
+            scores = logprobs if scored is not None else None
+            results.append(Generation(texts, reasons, len(ids), used, scores))
         return results
 
     def generate(self, reqs: list[GenRequest]) -> list[Generation | Exception]:
@@ -335,8 +387,9 @@ class HFChatBackend:
         app does, to answer `ContextLengthError` with a 400 before the stream starts).
         Pieces are suffixes of the decoded completion (up to the first end-of-turn
         token), decoded as the final text is, so they always add up to it; a piece
-        ending inside a multi-byte character waits for the next token. A batch of one:
-        the completion has its own budget.
+        ending inside a multi-byte character, or with what may begin a stop string,
+        waits for the next token (a stop string is never sent). A batch of one: the
+        completion has its own budget.
         """
         if prompt is None:
             prompt = self.prompt_ids(req)
@@ -365,7 +418,7 @@ class HFChatBackend:
                 ended = ended or t in eos
                 if not ended:
                     body.append(t)
-            text = str(self.tokenizer.decode(body, skip_special_tokens=True))
+            text = _sendable(str(self.tokenizer.decode(body, skip_special_tokens=True)), req.stop)
             if text.startswith(sent) and len(text) > len(sent) and not text.endswith("\ufffd"):
                 yield text[len(sent) :]
                 sent = text
@@ -376,3 +429,16 @@ class HFChatBackend:
         if gen.texts[0].startswith(sent) and len(gen.texts[0]) > len(sent):
             yield gen.texts[0][len(sent) :]  # e.g. what a stop string left of the end
         yield gen
+
+
+def _sendable(text: str, stop: list[str] | None) -> str:
+    """What of a completion decoded so far can be streamed: up to its first stop string,
+    and without a tail that may be the beginning of one."""
+    cut = truncate_at_stop(text, stop)
+    if cut != text or not stop:
+        return cut
+    hold = max(
+        (k for s in stop for k in range(1, min(len(s) - 1, len(text)) + 1) if text.endswith(s[:k])),
+        default=0,
+    )
+    return text[: len(text) - hold]

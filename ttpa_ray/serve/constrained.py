@@ -1,4 +1,5 @@
-"""Constrained tool-call decoding for `tool_choice="required"` or a named function.
+"""Constrained decoding: tool calls (`tool_choice="required"` or a named function) and
+JSON responses (`response_format` json_object / json_schema).
 
 The completion is forced, token by token, to be exactly::
 
@@ -16,6 +17,11 @@ in `ttpa_ray.serve.schema_bounds`, whose docstring lists the rules and the limit
 is not enforced, what is refused); those names are re-exported here, so this module
 stays the public entry point.
 
+A JSON response (`ConstraintCompiler.compile_json`) is one JSON value of the bounded
+schema, in the same canonical separators; with tools offered (`tool_choice` auto) the
+completion is either that value or the `<tool_call>` blocks above, so the model can still
+call a tool. Inside a JSON response "<" is allowed unless tools are offered.
+
 Budget: the bounded grammar has a longest sentence, so `ToolCallGrammar.min_new_tokens`
 (bytes of that sentence + 1 for eos; a token is at least one byte) guarantees the
 grammar terminates within `max_new_tokens >= min_new_tokens`. With fewer tokens the row
@@ -31,7 +37,7 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -138,10 +144,12 @@ def call_schema(tools: Sequence[Mapping[str, Any]], tool_choice: Any) -> dict[st
 
 @dataclass(frozen=True)
 class ToolCallGrammar:
-    """A compiled `<tool_call>` grammar and what it guarantees.
+    """A compiled grammar (`<tool_call>` blocks, or a JSON response) and what it
+    guarantees.
 
-    schema: the bounded JSON Schema of one call object. max_calls: most blocks it admits.
-    min_new_tokens: a budget that always suffices (longest sentence in bytes + eos).
+    schema: the bounded JSON Schema of one call object (of the response, for JSON).
+    max_calls: most blocks it admits. min_new_tokens: a budget that always suffices
+    (longest sentence in bytes + eos).
     """
 
     compiled: xgr.CompiledGrammar
@@ -158,18 +166,20 @@ _LOOSE_CHARS = r"(([^\"\\\r\n]))"
 _JSON_CHARS = r"(([^\0-\x1f\"\\<]))"
 
 
-def _json_grammar(schema: Any) -> str:
+_TEXT_CHARS = r"(([^\0-\x1f\"\\]))"  # a JSON response without tools may hold "<"
+
+
+def _json_grammar(schema: Any, chars: str = _JSON_CHARS) -> str:
     """EBNF of one JSON value of the bounded `schema`, in the canonical separators of
     `render_tool_call` with no free whitespace (short, and byte-identical to training)."""
     grammar = xgr.Grammar.from_json_schema(
         json.dumps(schema), any_whitespace=False, separators=(", ", ": "), strict_mode=True
     )
-    return str(grammar).replace(_LOOSE_CHARS, _JSON_CHARS)
+    return str(grammar).replace(_LOOSE_CHARS, chars)
 
 
-def _compile_call_grammar(
-    compiler: xgr.GrammarCompiler, schema: Any, max_calls: int
-) -> xgr.CompiledGrammar:
+def _calls_format(schema: Any, max_calls: int) -> Any:
+    """1..`max_calls` `<tool_call>` blocks, each one call object of `schema`."""
     from xgrammar import structural_tag as st
 
     block = st.TagFormat(
@@ -179,15 +189,25 @@ def _compile_call_grammar(
     if max_calls > 1:
         more = st.SequenceFormat(elements=[st.ConstStringFormat(value=BLOCK_SEPARATOR), block])
         elements.append(st.RepeatFormat(min=0, max=max_calls - 1, content=more))
-    tag = st.StructuralTag(format=st.SequenceFormat(elements=elements))
-    return compiler.compile_structural_tag(tag)
+    return st.SequenceFormat(elements=elements)
+
+
+def _compile(compiler: xgr.GrammarCompiler, fmt: Any) -> xgr.CompiledGrammar:
+    from xgrammar import structural_tag as st
+
+    try:
+        return compiler.compile_structural_tag(st.StructuralTag(format=fmt))
+    except RuntimeError as e:  # e.g. a pattern xgrammar cannot turn into an automaton
+        raise ValueError(f"schema not supported by constrained decoding: {e}") from e
 
 
 class ConstraintCompiler:
-    """Compiles and caches tool-call grammars for one tokenizer (thread-safe).
+    """Compiles and caches tool-call and JSON-response grammars for one tokenizer
+    (thread-safe).
 
-    The cache key is (tools JSON, tool_choice JSON, max calls, limits): the same tool
-    lists recur across requests. `compile_count` counts actual compilations.
+    The cache key is (tools JSON, tool_choice or response schema JSON, max calls,
+    limits): the same tool lists recur across requests. `compile_count` counts actual
+    compilations.
     """
 
     def __init__(
@@ -221,33 +241,68 @@ class ConstraintCompiler:
         """The grammar for `tool_choice` over `tools` (cached). Raises ValueError like
         `call_schema` / `bound_schema`."""
         max_calls = limits.max_parallel_calls if parallel_tool_calls else 1
-        key = json.dumps(
-            [list(tools), tool_choice, max_calls, repr(limits)], sort_keys=True, default=str
-        )
+        key = ["calls", list(tools), tool_choice, max_calls, repr(limits)]
+
+        def build() -> ToolCallGrammar:
+            schema = bound_schema(call_schema(tools, tool_choice), limits)
+            fmt = _calls_format(schema, max_calls)
+            budget = _calls_bytes(schema, max_calls) + 1
+            return ToolCallGrammar(_compile(self._compiler, fmt), schema, max_calls, budget)
+
+        return self._cached(key, build)
+
+    def compile_json(
+        self,
+        schema: Mapping[str, Any],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        parallel_tool_calls: bool = False,
+        limits: SchemaLimits = DEFAULT_LIMITS,
+    ) -> ToolCallGrammar:
+        """The grammar of a JSON response valid for `schema` (bounded; cached). With
+        `tools` (offered, `tool_choice` auto), either that JSON value or tool-call blocks
+        (`max_calls` > 0 then). Raises ValueError like `bound_schema`."""
+        from xgrammar import structural_tag as st
+
+        max_calls = (limits.max_parallel_calls if parallel_tool_calls else 1) if tools else 0
+        key = ["json", dict(schema), list(tools or []), max_calls, repr(limits)]
+
+        def build() -> ToolCallGrammar:
+            bounded = bound_schema(schema, limits)
+            json_format = st.GrammarFormat(
+                grammar=_json_grammar(bounded, _JSON_CHARS if tools else _TEXT_CHARS)
+            )
+            budget = max_json_bytes(bounded)
+            fmt: Any = json_format
+            if tools:
+                calls = bound_schema(call_schema(tools, "required"), limits)
+                fmt = st.OrFormat(elements=[json_format, _calls_format(calls, max_calls)])
+                budget = max(budget, _calls_bytes(calls, max_calls))
+            compiled = _compile(self._compiler, fmt)
+            return ToolCallGrammar(compiled, bounded, max_calls, budget + 1)
+
+        return self._cached(key, build)
+
+    def _cached(self, key: list[Any], build: Callable[[], ToolCallGrammar]) -> ToolCallGrammar:
+        text = json.dumps(key, sort_keys=True, default=str)
         with self._lock:
-            hit = self._cache.get(key)
+            hit = self._cache.get(text)
             if hit is not None:
-                self._cache.move_to_end(key)
+                self._cache.move_to_end(text)
                 return hit
-        schema = bound_schema(call_schema(tools, tool_choice), limits)
-        block = len(BLOCK_OPEN.encode()) + max_json_bytes(schema) + len(BLOCK_CLOSE.encode())
-        budget = max_calls * block + (max_calls - 1) * len(BLOCK_SEPARATOR) + 1
-        try:
-            compiled = _compile_call_grammar(self._compiler, schema, max_calls)
-        except RuntimeError as e:  # e.g. a pattern xgrammar cannot turn into an automaton
-            raise ValueError(f"tool schema not supported by constrained decoding: {e}") from e
-        grammar = ToolCallGrammar(
-            compiled=compiled,
-            schema=schema,
-            max_calls=max_calls,
-            min_new_tokens=budget,
-        )
+        grammar = build()
         with self._lock:
             self.compile_count += 1
-            self._cache[key] = grammar
+            self._cache[text] = grammar
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return grammar
+
+
+def _calls_bytes(schema: Any, max_calls: int) -> int:
+    """Bytes of the longest run of `max_calls` blocks of call objects of `schema`."""
+    block = len(BLOCK_OPEN.encode()) + max_json_bytes(schema) + len(BLOCK_CLOSE.encode())
+    return max_calls * block + (max_calls - 1) * len(BLOCK_SEPARATOR)
 
 
 _COMPILERS: weakref.WeakKeyDictionary[Any, dict[int, ConstraintCompiler]] = (
@@ -314,6 +369,10 @@ class ToolCallConstraint(LogitsProcessor):
         self._started = True
         live = [(i, m) for i, m in active if not (self.rejected[i] or m.is_terminated())]
         dead = [i for i, _ in active if self.rejected[i]]
+        if live or dead:
+            # Never in place: generate() keeps the tensor it passed us as the step's raw
+            # logits (`output_logits`), which the reported logprobs are computed from.
+            scores = scores.clone()
         if live:
             for i, m in live:
                 m.fill_next_token_bitmask(self._bitmask, i)
