@@ -55,4 +55,7 @@ bench: $(BENCH_STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BFCL_VENV) runs .pytest_cache .mypy_cache .ruff_cache
+
+# make bfcl: BFCL's own runner in .venv-bfcl (after every target here, so `venv` stays the default)
+include mk/bfcl.mk
