@@ -341,3 +341,32 @@ def test_verbose_logs_the_traceback(tmp_path, capsys, caplog):
     with caplog.at_level("DEBUG", logger="ttpa_ray"):
         assert main(["-v", "construct", "--config", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "Traceback" in caplog.text and "UsageError" in caplog.text
+
+
+def test_eval_reads_its_key_from_env_or_file(tmp_path, monkeypatch, capsys):
+    """`eval` takes the endpoint's key like `serve` does: from an env var or a file, and
+    a missing source is one error line before any request."""
+    import ttpa_ray.eval as eval_pkg
+
+    seen: list[str | None] = []
+
+    def fake_run_eval(endpoint, model, suite, out, api_key=None, **kw):
+        seen.append(api_key)
+        return {
+            "suite": suite, "model": model, "n": 0, "esm": None, "exact": None,
+            "name_acc": None, "parse_rate": None, "ast": None, "request_errors": 0,
+        }  # fmt: skip
+
+    monkeypatch.setattr(eval_pkg, "run_eval", fake_run_eval)
+    base = ["eval", "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--suite", "bfcl:x"]
+    monkeypatch.setenv("EVAL_KEY", "from-env")
+    assert main([*base, "--out", str(tmp_path / "a"), "--api-key-env", "EVAL_KEY"]) == 0
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    key_file.chmod(0o600)
+    assert main([*base, "--out", str(tmp_path / "b"), "--api-key-file", str(key_file)]) == 0
+    assert seen == ["from-env", "from-file"]
+    monkeypatch.delenv("EVAL_KEY")
+    assert main([*base, "--out", str(tmp_path / "c"), "--api-key-env", "EVAL_KEY"]) == 2
+    assert "EVAL_KEY is not set" in error_line(capsys, "eval")
+    assert len(seen) == 2  # nothing was evaluated

@@ -204,23 +204,26 @@ def serve_config_from_args(args: argparse.Namespace) -> Any:
     return override(cfg, updates, "serve")
 
 
-def serve_api_key(args: argparse.Namespace, cfg: Any) -> str | None:
-    """The key clients must send: from --api-key, --api-key-file, or the variable named by
-    --api-key-env / serve.api_key_env; None without any (an open endpoint)."""
-    if args.api_key is not None:
-        if not args.api_key.strip():
+def read_api_key(
+    key: str | None, key_file: str | None, env_name: str | None, env_source: str = "--api-key-env"
+) -> str | None:
+    """An API key from one of three sources, checked: `--api-key` (warns: argv is visible
+    to every user), `--api-key-file` (warns when others can read it), or the environment
+    variable `env_name` (`env_source` names where that name came from). None without any."""
+    if key is not None:
+        if not key.strip():
             raise UsageError("--api-key: the key is empty")
         log.warning(
             "--api-key: the key is visible to other users of this machine (process list, "
             "shell history); prefer --api-key-env NAME or --api-key-file PATH"
         )
-        return str(args.api_key)
-    if args.api_key_file is not None:
-        path = Path(args.api_key_file)
+        return key
+    if key_file is not None:
+        path = Path(key_file)
         if not path.is_file():
             raise UsageError(f"--api-key-file: not found (or not a file): {path}")
-        key = path.read_text(encoding="utf-8").strip()
-        if not key:
+        text = path.read_text(encoding="utf-8").strip()
+        if not text:
             raise UsageError(f"--api-key-file: {path} is empty")
         mode = path.stat().st_mode
         if mode & 0o044:
@@ -229,14 +232,25 @@ def serve_api_key(args: argparse.Namespace, cfg: Any) -> str | None:
                 path,
                 mode & 0o777,
             )
-        return key
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env, "").strip()
-        if not key:
-            source = "--api-key-env" if args.api_key_env else "serve.api_key_env"
-            raise UsageError(f"{source}: environment variable {cfg.api_key_env} is not set")
-        return key
+        return text
+    if env_name:
+        if not ENV_NAME.fullmatch(env_name):
+            raise UsageError(
+                f"{env_source}: {env_name!r} is not an environment variable name "
+                "(pass the variable's name, not the key)"
+            )
+        value = os.environ.get(env_name, "").strip()
+        if not value:
+            raise UsageError(f"{env_source}: environment variable {env_name} is not set")
+        return value
     return None
+
+
+def serve_api_key(args: argparse.Namespace, cfg: Any) -> str | None:
+    """The key clients must send: from --api-key, --api-key-file, or the variable named by
+    --api-key-env / serve.api_key_env; None without any (an open endpoint)."""
+    source = "--api-key-env" if args.api_key_env else "serve.api_key_env"
+    return read_api_key(args.api_key, args.api_key_file, cfg.api_key_env, source)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -286,7 +300,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.model,
         args.suite,
         Path(args.out),
-        api_key=args.api_key,
+        api_key=read_api_key(args.api_key, args.api_key_file, args.api_key_env),
         max_concurrency=args.concurrency,
         max_tokens=args.max_tokens,
         temperature=args.temperature,

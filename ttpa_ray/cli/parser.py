@@ -248,7 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="heldout:<construct_dir> | bfcl:<cat1,cat2,...|all> | toolbench:<file>",
     )
     ev.add_argument("--out", required=True, help="output dir (results.parquet, metrics.json)")
-    ev.add_argument("--api-key", default=None)
+    ev_key = ev.add_mutually_exclusive_group()
+    ev_key.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the endpoint's key (other users can read it in the process list: prefer "
+        "--api-key-env or --api-key-file)",
+    )
+    ev_key.add_argument("--api-key-env", metavar="NAME", help="the key is in env var NAME")
+    ev_key.add_argument("--api-key-file", metavar="PATH", help="the key is in file PATH")
     ev.add_argument("--concurrency", type=POSITIVE_INT, default=8)
     ev.add_argument("--max-tokens", type=POSITIVE_INT, default=512)
     ev.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=0.0)
