@@ -79,7 +79,7 @@ def main() -> None:
 
     from ttpa_ray.config import ServeConfig
     from ttpa_ray.ray_utils import init_ray
-    from ttpa_ray.serve.app import build_app
+    from ttpa_ray.serve.deploy import deploy, start_proxy
     from ttpa_ray.tools.catalog import load_builtin
     from ttpa_ray.train.tiny import TinyModelConfig, catalog_texts, create_tiny_model_dir
 
@@ -96,7 +96,7 @@ def main() -> None:
             catalog_texts(tools, examples_per_tool=1), Path(tmp) / "tiny", shape
         )
         init_ray(num_cpus=os.cpu_count() or 2)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        start_proxy("127.0.0.1", port)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         for batching in (True, False):
             cfg = ServeConfig(
@@ -108,7 +108,7 @@ def main() -> None:
                 max_ongoing_requests=64,
                 num_cpus=1,
             )
-            serve.run(build_app(cfg), name="bench", route_prefix="/")
+            deploy(cfg, name="bench")
             level(url, 4, 8, args.max_tokens)  # warm-up
             name = "batching on" if batching else "batching off"
             results[name] = {}

@@ -34,15 +34,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise FileNotFoundError(f"model directory {model} does not exist")
     cfg = cfg.model_copy(update={"model": model, "adapters": adapters})
     connect(args.address)
-    from ray import serve
+    from ttpa_ray.serve.deploy import deploy, start_proxy
 
-    from ttpa_ray.serve.app import make_app
-
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(make_app(cfg), name=args.name, route_prefix="/", blocking=False)
+    start_proxy(cfg.host, cfg.port)
+    url = deploy(cfg, name=args.name)
     print(
-        f"serving {cfg.resolved_model_id()} at http://{cfg.host}:{cfg.port}/v1 "
-        f"(Serve app {args.name!r}; it outlives this job)",
+        f"serving {cfg.resolved_model_id()} at {url} (Serve app {args.name!r}; it outlives "
+        "this job)",
         flush=True,
     )
     return 0

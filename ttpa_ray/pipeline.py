@@ -395,14 +395,14 @@ class Pipeline:
 
         from ttpa_ray.eval import run_eval, sft_warning, summarize
         from ttpa_ray.sample.stage import prompt_fit
-        from ttpa_ray.serve.app import build_app
+        from ttpa_ray.serve.deploy import deploy, start_proxy
 
         p, sc = self.cfg.pipeline, self.cfg.serve
         port = sc.port or free_ports(1, sc.host)[0]
         # Serve runs for this stage only, on loopback unless configured otherwise
         # HeadOnly: the eval clients run on the driver; proxies on other nodes would
         # only compete for the port (and all nodes are 127.0.0.1 on a test cluster)
-        serve.start(proxy_location="HeadOnly", http_options={"host": sc.host, "port": port})
+        start_proxy(sc.host, port, proxy_location="HeadOnly")
         root = self.run / "eval"
         # the prompt budget of SFT and TPS, so eval requests are the prompts they saw
         fit = prompt_fit(
@@ -413,13 +413,13 @@ class Pipeline:
             # three replicas competing for (or waiting on) a small machine.
             for name in self.eval_models:
                 cfg = sc.model_copy(
-                    update={"model": self.shared(f"{name}/model"), "model_id": name}
+                    update={"model": self.shared(f"{name}/model"), "model_id": name, "port": port}
                 )
-                serve.run(build_app(cfg), name=f"eval-{name}", route_prefix=f"/{name}")
+                url = deploy(cfg, name=f"eval-{name}", route_prefix=f"/{name}")
                 for suite in p.eval_suites:
                     spec = f"heldout:{self.run / 'construct'}" if suite == "heldout" else suite
                     run_eval(
-                        f"http://{sc.host}:{port}/{name}/v1",
+                        url,
                         name,
                         spec,
                         root / name / suite.split(":")[0],

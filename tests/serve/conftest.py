@@ -54,8 +54,7 @@ def server(ray_local, serve_model_dir, adapters) -> Iterator[dict[str, Any]]:
     from ray import serve
 
     from ttpa_ray.config import ServeConfig
-    from ttpa_ray.serve.app import make_app
-    from ttpa_ray.serve.deploy import start
+    from ttpa_ray.serve.deploy import deploy, start
 
     port = free_ports(1)[0]
     cfg = ServeConfig(
@@ -77,7 +76,7 @@ def server(ray_local, serve_model_dir, adapters) -> Iterator[dict[str, Any]]:
         default_max_tokens=16,
         max_prompt_tokens=1000,
     )
-    serve.run(make_app(secure, api_key="sekret"), name="secure", route_prefix="/secure")
+    deploy(secure, api_key="sekret", name="secure", route_prefix="/secure")
     try:
         yield {
             "url": url,

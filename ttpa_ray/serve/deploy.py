@@ -68,21 +68,43 @@ def warn_if_open(host: str, api_key: str | None) -> bool:
     return True
 
 
-def start(cfg: ServeConfig, api_key: str | None = None, blocking: bool = False) -> str:
-    """Start Serve's proxy on `cfg.host:cfg.port` and deploy the app; returns its base URL."""
+def start_proxy(host: str, port: int, proxy_location: str | None = None) -> None:
+    """Serve's HTTP proxy on `host:port` (on the running Ray). `proxy_location`: Serve's
+    (`HeadOnly` when every client runs on the driver, as the pipeline's eval does)."""
     from ray import serve
 
-    from ttpa_ray.ray_utils import init_ray
+    kw: dict[str, Any] = {"http_options": {"host": host, "port": port}}
+    if proxy_location is not None:
+        kw["proxy_location"] = proxy_location
+    serve.start(**kw)
+
+
+def deploy(
+    cfg: ServeConfig, api_key: str | None = None, name: str = APP_NAME, route_prefix: str = "/"
+) -> str:
+    """Deploy `make_app(cfg)` as Serve app `name` at `route_prefix` on a started proxy;
+    returns its base URL. The one way every caller (CLI, jobs, pipeline eval, benchmarks)
+    puts the app up, so each gets the same warning for an open bind."""
+    from ray import serve
+
     from ttpa_ray.serve.app import make_app, resolve_api_key
 
     key = resolve_api_key(cfg, api_key) if cfg.backend == "hf" else api_key
     warn_if_open(cfg.host, key)
-    init_ray()
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(make_app(cfg, api_key=api_key), name=APP_NAME, route_prefix="/", blocking=False)
-    url = f"http://{cfg.host}:{cfg.port}/v1"
+    serve.run(make_app(cfg, api_key=api_key), name=name, route_prefix=route_prefix, blocking=False)
+    url = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}/v1"
     log.info("serving %s at %s", cfg.resolved_model_id(), url)
     return url
+
+
+def start(cfg: ServeConfig, api_key: str | None = None) -> str:
+    """A local Ray (loopback), Serve's proxy on `cfg.host:cfg.port` and the app; returns
+    its base URL."""
+    from ttpa_ray.ray_utils import init_ray
+
+    init_ray()
+    start_proxy(cfg.host, cfg.port)
+    return deploy(cfg, api_key)
 
 
 class StopSignals:
