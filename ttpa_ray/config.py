@@ -465,6 +465,29 @@ with warnings.catch_warnings():
                 object.__setattr__(self.train, name, want)
             return self
 
+        @model_validator(mode="after")
+        def _overrides_are_train_settings(self) -> Config:
+            # A typo in a per-run override (`pipeline.ttpa.dpo.betaa`) fails here, naming
+            # its path, not when that stage starts hours later.
+            for which in ("sft", "ttpa", "dpo_response"):
+                try:
+                    self.train_for(which)
+                except ValidationError as e:
+                    raise ValueError(
+                        f"pipeline.{which} overrides `train`: {describe(e, f'pipeline.{which}.')}"
+                    ) from None
+            return self
+
+        def train_for(self, which: str) -> TrainConfig:
+            """The `train` section with `pipeline.<which>`'s overrides (sft, ttpa,
+            dpo_response), validated as `train` itself is; `dpo` is merged key by key."""
+            over = getattr(self.pipeline, which)
+            base = self.train.model_dump()
+            merged = {**base, **{k: v for k, v in over.items() if k != "dpo"}}
+            if "dpo" in over:
+                merged["dpo"] = {**base["dpo"], **over["dpo"]}
+            return TrainConfig.model_validate(merged)
+
 
 def load_config(path: str | Path | None) -> Config:
     """Load and validate a YAML config; `None` gives the defaults. Errors name the field."""
@@ -502,6 +525,10 @@ def load_config(path: str | Path | None) -> Config:
 
 def describe(error: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming its field (`construct.teacher: ...`)."""
-    return "\n  ".join(
-        f"{prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in error.errors()
-    )
+    lines = []
+    for err in error.errors():
+        # a model validator's ValueError has no field of its own: its message names it
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"{prefix}{loc}: {msg}" if loc else msg)
+    return "\n  ".join(lines)

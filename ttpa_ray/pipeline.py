@@ -155,13 +155,7 @@ class Pipeline:
 
     def train_cfg(self, which: str) -> TrainConfig:
         """The `train` section with the pipeline's per-run overrides (SFT, TTPA, baseline)."""
-        p = self.cfg.pipeline
-        over = {"sft": p.sft, "ttpa": p.ttpa, "dpo_response": p.dpo_response}[which]
-        base = self.cfg.train.model_dump()
-        merged = {**base, **{k: v for k, v in over.items() if k != "dpo"}}
-        if "dpo" in over:
-            merged["dpo"] = {**base["dpo"], **over["dpo"]}
-        return TrainConfig.model_validate(merged)
+        return self.cfg.train_for(which)
 
     # -- running ---------------------------------------------------------------------------
 

@@ -132,3 +132,21 @@ def test_a_stage_rerun_under_a_new_key_starts_fresh(tmp_path):
     pipe.state["stages"]["sft"] = {"status": "done", "key": "an-older-key"}
     pipe._fresh("sft")
     assert not (tmp_path / "sft").exists()
+
+
+def test_a_typo_in_a_training_override_fails_at_load_naming_its_path(tmp_path):
+    """`pipeline.<which>` overrides are validated as `train` is when the config loads, not
+    when their stage starts; a valid override reaches that stage's train config."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipeline:\n  ttpa:\n    dpo:\n      betaa: 0.2\n")
+    with pytest.raises(ValueError, match=r"pipeline\.ttpa\.dpo\.betaa: Extra inputs"):
+        load_config(bad)
+    bad.write_text("pipeline:\n  sft:\n    workers: -1\n")
+    with pytest.raises(ValueError, match=r"pipeline\.sft\.workers"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "train:\n  dpo:\n    beta: 0.1\npipeline:\n  ttpa:\n    dpo:\n      beta: 0.3\n"
+    )
+    cfg = load_config(good)
+    assert cfg.train_for("ttpa").dpo.beta == 0.3 and cfg.train_for("sft").dpo.beta == 0.1
