@@ -1,4 +1,4 @@
-"""`python -m jobs.serve --config FILE [--model DIR] [--lora NAME=DIR ...] [--run-dir DIR
+"""`python -m jobs.serve --config FILE [--model DIR] [--lora [NAME=]DIR ...] [--run-dir DIR
 --which sft|ttpa|dpo_response]`: deploy the OpenAI-compatible app on the cluster's Serve
 (host/port from the `serve` section) and return; the app keeps running after the job.
 `serve.shutdown()` or `serve shutdown` removes it."""
@@ -15,7 +15,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     p = parser("serve", __doc__.splitlines()[0])
     p.add_argument("--model", help="model dir (default: serve.model, or RUN_DIR/WHICH/model)")
     p.add_argument("--which", choices=("sft", "ttpa", "dpo_response"), default="ttpa")
-    p.add_argument("--lora", action="append", default=[], help="NAME=DIR adapter (repeatable)")
+    p.add_argument(
+        "--lora", action="append", default=[], help="NAME=DIR or DIR adapter (repeatable)"
+    )
     p.add_argument("--name", default="ttpa", help="Serve application name")
     args = p.parse_args(argv)
     cfg = load(args.config).serve
@@ -24,12 +26,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         if not args.run_dir:
             raise ValueError("give --model, serve.model in the config, or --run-dir")
         model = str(Path(args.run_dir) / args.which / "model")
-    adapters = dict(cfg.adapters)
-    for item in args.lora:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise ValueError(f"--lora {item!r}: expected NAME=DIR")
-        adapters[name] = path
+    from ttpa_ray.serve.deploy import lora_adapters
+
+    adapters = lora_adapters(args.lora, cfg.adapters)
     if cfg.backend == "hf" and not Path(model).is_dir():
         raise FileNotFoundError(f"model directory {model} does not exist")
     cfg = cfg.model_copy(update={"model": model, "adapters": adapters})

@@ -107,3 +107,12 @@ def test_shipped_serve_configs_validate():
     for name in ("tiny-cpu.yaml", "serve-vllm.yaml"):
         cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name).serve
         assert cfg.host in ("127.0.0.1", "0.0.0.0")
+
+
+def test_one_lora_parser_for_the_cli_and_jobs(tmp_path):
+    """`--lora NAME=DIR` and a bare `--lora DIR` mean the same in `ttpa-ray serve` and
+    `jobs.serve`: both go through `deploy.lora_adapters`."""
+    from ttpa_ray.serve.deploy import lora_adapters
+
+    got = lora_adapters(["a1=/x/one", "/y/two/", "z=/w"], {"old": "/o", "z": "/before"})
+    assert got == {"old": "/o", "a1": "/x/one", "two": "/y/two/", "z": "/w"}

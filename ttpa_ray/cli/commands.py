@@ -191,14 +191,9 @@ def serve_config_from_args(args: argparse.Namespace) -> Any:
             "(pass the variable's name, never the key)"
         )
     if args.lora:
-        adapters = dict(cfg.adapters)
-        for item in args.lora:
-            name, sep, path = item.partition("=")
-            if not sep:
-                # a bare directory: named after itself
-                name, path = Path(item).name, item
-            adapters[name] = path
-        updates["adapters"] = adapters
+        from ttpa_ray.serve.deploy import lora_adapters
+
+        updates["adapters"] = lora_adapters(args.lora, cfg.adapters)
     if getattr(args, "no_batching", False):
         updates["batching"] = False
     return override(cfg, updates, "serve")

@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -66,6 +67,18 @@ def warn_if_open(host: str, api_key: str | None) -> bool:
         host,
     )
     return True
+
+
+def lora_adapters(items: list[str], base: dict[str, str] | None = None) -> dict[str, str]:
+    """`--lora` values → adapters (name → dir) added to `base`: `NAME=DIR`, or a bare `DIR`
+    named after itself. The one parser of the flag, for `ttpa-ray serve` and `jobs.serve`."""
+    adapters = dict(base or {})
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item.rstrip("/")).name, item
+        adapters[name] = path
+    return adapters
 
 
 def start_proxy(host: str, port: int, proxy_location: str | None = None) -> None:
