@@ -24,7 +24,7 @@ import torch
 from ttpa_ray.atomic import write_json_atomic
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.storage import join, local_path, upload
-from ttpa_ray.train.data import collate_pairs, collate_sft
+from ttpa_ray.train.data import IGNORE, collate_pairs, collate_sft
 from ttpa_ray.train.objectives import AdapterDisabled, DPOSettings, dpo_loss, sft_loss
 
 # what rank 0 writes that the driver reads after fit() (mirrored through `sync_uri`)
@@ -121,13 +121,31 @@ class Trainer:
         batch = collate_sft(items, pad) if self.settings is None else collate_pairs(items, pad)
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def _sft_normaliser(self, batches: list[dict[str, torch.Tensor]]) -> float:
+        """What each micro-batch's summed cross-entropy is divided by, so that the step's
+        gradient is the mean over every labelled token of the step on every worker.
+        DeepSpeed divides each micro-batch's loss by `grad_accum` and averages gradients over
+        the `world` workers; multiplying both back makes the update independent of how the
+        rows are split into micro-batches and workers (1×8 ≡ 8×1)."""
+        labelled = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        total = torch.tensor(float(labelled))
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+        return max(float(total), 1.0) / (self.cfg.grad_accum * self.world)
+
     def train_step(self) -> dict[str, float]:
         sums: dict[str, float] = {}
         tokens = 0
-        for m in range(self.cfg.grad_accum):
-            batch = self._batch(self.step * self.cfg.grad_accum + m)
+        micro = [
+            self._batch(self.step * self.cfg.grad_accum + m) for m in range(self.cfg.grad_accum)
+        ]
+        normaliser = self._sft_normaliser(micro) if self.settings is None else None
+        ce_sum, labelled = 0.0, 0
+        for batch in micro:
             if self.settings is None:
-                loss, metrics = sft_loss(self.engine, batch)
+                loss, metrics = sft_loss(self.engine, batch, normaliser)
+                ce_sum += metrics.pop("ce_sum")
+                labelled += int(metrics["tokens"])
                 real = batch["token_mask"] if "token_mask" in batch else batch["attention_mask"]
                 tokens += int(real.sum())
             else:
@@ -142,6 +160,8 @@ class Trainer:
             self.engine.step()  # DeepSpeed applies the update at the accumulation boundary
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / self.cfg.grad_accum
+        if self.settings is None:  # this worker's token mean over the whole step
+            sums["loss"] = ce_sum / max(labelled, 1)
         sums["tokens"] = tokens
         return sums
 

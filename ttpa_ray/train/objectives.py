@@ -15,18 +15,29 @@ from ttpa_ray.train.losses import LENGTH_NORMALISED, esm_weights, get_loss
 Tensor = torch.Tensor
 
 
-def sft_loss(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-    """Mean cross-entropy over the labelled (assistant) tokens of `[B, T]` batches
-    (padded, with `attention_mask`, or packed, with `position_ids`)."""
+def sft_loss(
+    model: Any, batch: dict[str, Tensor], normaliser: float | None = None
+) -> tuple[Tensor, dict[str, float]]:
+    """Cross-entropy over the labelled (assistant) tokens of `[B, T]` batches (padded,
+    with `attention_mask`, or packed, with `position_ids`): their mean, or, with
+    `normaliser`, their sum divided by it — the token count of the whole optimizer step, so
+    that micro-batches accumulated to one step give the update one batch of all their rows
+    gives (a mean per micro-batch would weight a short micro-batch's tokens more).
+    `metrics["ce_sum"]` is the summed cross-entropy, for the step's reported mean."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     # use_cache=False: no KV cache to build in training, and with a cache transformers
     # ignores packed `position_ids` (the block-diagonal mask needs no cache).
     logits = model(**inputs, use_cache=False).logits
     labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
+    ce_sum = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        labels.flatten(),
+        ignore_index=IGNORE,
+        reduction="sum",
     )
-    return loss, {"loss": loss.item(), "tokens": int((labels != IGNORE).sum())}
+    tokens = int((labels != IGNORE).sum())
+    loss = ce_sum / (normaliser if normaliser is not None else max(tokens, 1))
+    return loss, {"loss": ce_sum.item() / max(tokens, 1), "tokens": tokens, "ce_sum": ce_sum.item()}
 
 
 @dataclass
