@@ -22,8 +22,8 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from ttpa_ray.construct.rows import add_seconds, fail
 from ttpa_ray.construct.schema_teacher import Restart, assemble_episode, sample_window
-from ttpa_ray.construct.steps import add_seconds, fail
 from ttpa_ray.engines.base import ChatRequest, GenerationParams, TextEngine
 from ttpa_ray.engines.json_output import generate_json_batch
 from ttpa_ray.schema.records import Episode

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from ttpa_ray.construct.rows import add_seconds, fail
 from ttpa_ray.schema.records import EPISODE_SCHEMA, Episode
 from ttpa_ray.schema.tools import ToolSpec
 from ttpa_ray.schema.validate import call_errors
@@ -195,7 +196,7 @@ def make_teacher(config: dict[str, Any], with_engine: bool = True) -> Teacher:
 
 
 def _engine_factory(t: dict[str, Any]) -> Any:
-    from ttpa_ray.engines.base import make_engine
+    from ttpa_ray.engines.factory import make_engine
 
     if t["kind"] == "hf":
         return lambda: make_engine(
@@ -220,19 +221,6 @@ def _engine_factory(t: dict[str, Any]) -> Any:
             timeout_s=t["timeout_s"],
         )
     raise ValueError(f"teacher kind {t['kind']!r} has no in-process engine")
-
-
-def fail(row: dict[str, Any], step: str, reason: str) -> None:
-    """Mark `row` as discarded at `step`; later steps pass it through."""
-    row["_quarantine_reason"] = f"{step}: {reason}"
-    row["_failed_step"] = step
-
-
-def add_seconds(row: dict[str, Any], step: str, seconds: float) -> None:
-    """Add `seconds` to the row's time for `step` (for the per-step time split)."""
-    times = json.loads(row["_seconds"]) if row.get("_seconds") else {}
-    times[step] = times.get(step, 0.0) + seconds
-    row["_seconds"] = json.dumps(times)
 
 
 def step_rows(teacher: Teacher, step: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,8 +27,9 @@ from typing import Any
 import pyarrow as pa
 
 from ttpa_ray.config import ConstructConfig
+from ttpa_ray.construct.rows import fail
 from ttpa_ray.construct.schema_teacher import Restart
-from ttpa_ray.construct.steps import ROW_SCHEMA, STEPS, fail, make_teacher
+from ttpa_ray.construct.steps import ROW_SCHEMA, STEPS, make_teacher
 from ttpa_ray.engines.base import GenerationParams
 from ttpa_ray.engines.json_output import check_reply, repair_request
 from ttpa_ray.engines.vllm_engine import VLLMConfig, render_prompts, sampling_params

@@ -15,8 +15,8 @@ from ttpa_ray.engines.base import (
     EngineError,
     GenerationParams,
     TextEngine,
-    make_engine,
 )
+from ttpa_ray.engines.factory import make_engine
 from ttpa_ray.engines.json_output import (
     JSONResult,
     extract_json,
