@@ -22,3 +22,14 @@ def ray_local():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The tiny model most tests share (read-only): the builtin catalog's texts, default
+    shape and template, in a directory named `tiny` (the model id Serve derives)."""
+    from ttpa_ray.tools.catalog import load_builtin
+    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
+
+    texts = catalog_texts([t.to_openai() for t in load_builtin().tools], examples_per_tool=1)
+    return create_tiny_model_dir(texts, tmp_path_factory.mktemp("shared-tiny") / "tiny")

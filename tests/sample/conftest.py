@@ -10,15 +10,13 @@ from ttpa_ray.construct.schema_teacher import build_episode
 from ttpa_ray.schema.io import write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA
 from ttpa_ray.tools.catalog import load_builtin
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 TOOLS = load_builtin().tools
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1)
-    return create_tiny_model_dir(texts, tmp_path_factory.mktemp("tps-tiny"))
+def tiny_model_dir(tiny_model) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,13 @@ import torch
 
 from ttpa_ray.cluster.head import free_ports
 from ttpa_ray.tools.catalog import load_builtin
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 TOOLS = [t.to_openai() for t in load_builtin().tools]
 
 
 @pytest.fixture(scope="session")
-def serve_model_dir(tmp_path_factory) -> Path:
-    texts = catalog_texts(TOOLS, examples_per_tool=1)
-    return create_tiny_model_dir(texts, tmp_path_factory.mktemp("serve-tiny") / "tiny")
+def serve_model_dir(tiny_model) -> Path:
+    return tiny_model
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:

@@ -24,15 +24,13 @@ from ttpa_ray.train.data import (
 )
 from ttpa_ray.train.objectives import DPOSettings, dpo_loss, precompute_reference, sft_loss
 from ttpa_ray.train.synthetic import perturbed_pair_rows
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 TOOLS = load_builtin().tools
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1)
-    return create_tiny_model_dir(texts, tmp_path_factory.mktemp("tiny"))
+def model_dir(tiny_model) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,14 @@ from ttpa_ray.schema.records import EPISODE_SCHEMA, PAIR_SCHEMA
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.logprobs import concat_logps
 from ttpa_ray.train.synthetic import perturbed_pair_rows
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 from ttpa_ray.train.trainer import run_training
 
 TOOLS = load_builtin().tools
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1)
-    return create_tiny_model_dir(texts, tmp_path_factory.mktemp("tiny"))
+def model_dir(tiny_model) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
