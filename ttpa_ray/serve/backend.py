@@ -44,7 +44,7 @@ from ttpa_ray.engines.base import ChatRequest as EngineRequest
 from ttpa_ray.engines.base import EngineError
 from ttpa_ray.engines.hf_engine import HFEngine, truncate_at_stop
 from ttpa_ray.serve.logprobs import TokenTexts, covering, step_logprobs, token_logprobs
-from ttpa_ray.serve.responses import Generation
+from ttpa_ray.serve.responses import Generation, sendable_length
 
 log = logging.getLogger("ttpa_ray")
 
@@ -383,8 +383,9 @@ class HFChatBackend:
     ) -> Iterator[str | Generation]:
         """Text pieces of one `n=1` completion as they are decoded, then its `Generation`.
 
-        `prompt`: the ids from `prompt_ids(req)` when the caller checked it already (the
-        app does, to answer `ContextLengthError` with a 400 before the stream starts).
+        `prompt`: the ids from `prompt_ids(req)` when the caller checked them and the
+        grammar (`check_constraint`) already (the app does, to answer a 400 before the
+        stream starts).
         Pieces are suffixes of the decoded completion (up to the first end-of-turn
         token), decoded as the final text is, so they always add up to it; a piece
         ending inside a multi-byte character, or with what may begin a stop string,
@@ -393,7 +394,7 @@ class HFChatBackend:
         """
         if prompt is None:
             prompt = self.prompt_ids(req)
-        self.check_constraint(req)
+            self.check_constraint(req)
         ids: queue.Queue[list[int] | None] = queue.Queue()
         streamer = _IdStreamer(ids)
         box: dict[str, Any] = {}
@@ -418,7 +419,8 @@ class HFChatBackend:
                 ended = ended or t in eos
                 if not ended:
                     body.append(t)
-            text = _sendable(str(self.tokenizer.decode(body, skip_special_tokens=True)), req.stop)
+            text = str(self.tokenizer.decode(body, skip_special_tokens=True))
+            text = text[: sendable_length(text, req.stop or [])]
             if text.startswith(sent) and len(text) > len(sent) and not text.endswith("\ufffd"):
                 yield text[len(sent) :]
                 sent = text
@@ -429,16 +431,3 @@ class HFChatBackend:
         if gen.texts[0].startswith(sent) and len(gen.texts[0]) > len(sent):
             yield gen.texts[0][len(sent) :]  # e.g. what a stop string left of the end
         yield gen
-
-
-def _sendable(text: str, stop: list[str] | None) -> str:
-    """What of a completion decoded so far can be streamed: up to its first stop string,
-    and without a tail that may be the beginning of one."""
-    cut = truncate_at_stop(text, stop)
-    if cut != text or not stop:
-        return cut
-    hold = max(
-        (k for s in stop for k in range(1, min(len(s) - 1, len(text)) + 1) if text.endswith(s[:k])),
-        default=0,
-    )
-    return text[: len(text) - hold]

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttpa_ray.schema.tool_call_text import parse_tool_calls
+from ttpa_ray.schema.tool_call_text import TOOL_CALL_OPEN, parse_tool_calls
 from ttpa_ray.serve.protocol import ChatRequest, CompletionRequest
 
 
@@ -78,6 +78,22 @@ def text_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
     }
 
 
+def sendable_length(text: str, markers: list[str]) -> int:
+    """How much of a text decoded so far may be streamed: up to the earliest `marker`, and
+    without a tail that may be the beginning of one (it waits for the next token). Used
+    for stop strings (never sent) and for `<tool_call>` (never sent as content)."""
+    markers = [m for m in markers if m]
+    cut = min((i for m in markers if (i := text.find(m)) >= 0), default=-1)
+    if cut >= 0:
+        return cut
+    hold = max(
+        (k for m in markers for k in range(1, min(len(m) - 1, len(text)) + 1)
+         if text.endswith(m[:k])),
+        default=0,
+    )  # fmt: skip
+    return len(text) - hold
+
+
 def assistant_message(text: str, tools_offered: bool) -> tuple[dict[str, Any], bool]:
     """A completion → the assistant message, and whether it holds tool calls.
 
@@ -97,7 +113,7 @@ def assistant_message(text: str, tools_offered: bool) -> tuple[dict[str, Any], b
 
 def leaked_tool_call(message: dict[str, Any]) -> bool:
     """True when a `<tool_call>` block ended up in `content` instead of `tool_calls`."""
-    return "<tool_call>" in (message.get("content") or "")
+    return TOOL_CALL_OPEN in (message.get("content") or "")
 
 
 def completion_id(prefix: str = "chatcmpl") -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from ttpa_ray.schema.tool_call_text import TOOL_CALL_OPEN
 from ttpa_ray.serve.errors import engine_error
 from ttpa_ray.serve.protocol import ChatRequest, CompletionRequest
 from ttpa_ray.serve.responses import (
@@ -24,12 +25,11 @@ from ttpa_ray.serve.responses import (
     chunk,
     completion_id,
     leaked_tool_call,
+    sendable_length,
     sse,
     text_chunk,
     usage_chunk,
 )
-
-TOOL_OPEN = "<tool_call>"
 
 
 class Stream(StreamingResponse):
@@ -50,15 +50,7 @@ class Stream(StreamingResponse):
 def streamable(text: str, tools: bool) -> int:
     """How much of `text` can be sent as content now: all without tools; with tools, up
     to any `<tool_call>` and not a trailing piece that could start one."""
-    if not tools:
-        return len(text)
-    at = text.find(TOOL_OPEN)
-    if at >= 0:
-        return at
-    for k in range(min(len(TOOL_OPEN) - 1, len(text)), 0, -1):
-        if TOOL_OPEN.startswith(text[-k:]):
-            return len(text) - k
-    return len(text)
+    return sendable_length(text, [TOOL_CALL_OPEN]) if tools else len(text)
 
 
 async def _pieces(backend: Any, gen_req: Any, prompt: list[int]) -> AsyncIterator[str | Generation]:
