@@ -30,9 +30,9 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     mode (0666 less the umask)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, fd = _create_sibling(out)
+    tmp = fresh_sibling(out)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with tmp.open("wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -85,17 +85,22 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{p}: unreadable ({type(e).__name__}: {e})") from e
 
 
-def _create_sibling(out: Path) -> tuple[Path, int]:
-    # Not tempfile.mkstemp: it creates 0600 files, and a manifest in a shared run dir must
-    # stay readable by the group as it was with write_text. O_EXCL keeps the name ours.
+def fresh_sibling(path: Path, kind: str = "tmp", *, directory: bool = False) -> Path:
+    """A new hidden sibling of `path`, `.<name>.<kind>-XXXXXXXX<suffix>` (an empty file, or
+    a directory), created exclusively (the name is ours) with the default permissions.
+    Not `tempfile`: it creates 0600/0700 entries, and a manifest in a shared run dir must
+    stay readable by the group as it was with `write_text`."""
     for _ in range(100):
-        tmp = out.with_name(f".{out.name}.{os.urandom(6).hex()}.tmp")
+        tmp = path.with_name(f".{path.name}.{kind}-{os.urandom(4).hex()}{path.suffix}")
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-            return tmp, os.open(tmp, flags, 0o666)
+            if directory:
+                tmp.mkdir()
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
         except FileExistsError:
             continue
-    raise FileExistsError(f"no free temporary name next to {out}")
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ttpa_ray.atomic import write_json_atomic
+from ttpa_ray.atomic import fresh_sibling, write_json_atomic
 from ttpa_ray.storage import is_uri
 
 log = logging.getLogger("ttpa_ray")
@@ -100,22 +99,6 @@ def claim_out_dir(
         write_marker(p, command)
 
 
-def _fresh_sibling(path: Path, kind: str, *, directory: bool) -> Path:
-    """A new hidden sibling `.<name>.<kind>-XXXXXXXX<suffix>`, created with the default
-    permissions (umask), unlike `tempfile`'s private 0700/0600 ones."""
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{kind}-{secrets.token_hex(4)}{path.suffix}")
-        try:
-            if directory:
-                tmp.mkdir()
-            else:
-                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {path}")
-
-
 def _aside(path: Path) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = path.with_name(f"{path.name}.replaced-{stamp}")
@@ -152,7 +135,7 @@ def replacing_dir(
     p = Path(path)
     check_replaceable(p, overwrite=overwrite)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_sibling(p, "tmp", directory=True)
+    tmp = fresh_sibling(p, "tmp", directory=True)
     try:
         yield tmp
         write_marker(tmp, command)
@@ -161,7 +144,7 @@ def replacing_dir(
         if state == "missing":
             os.rename(tmp, p)
         elif state in ("empty", "ours"):
-            old = _fresh_sibling(p, "old", directory=True)
+            old = fresh_sibling(p, "old", directory=True)
             os.rename(p, old)  # renaming over the empty placeholder `old`
             os.rename(tmp, p)
             shutil.rmtree(old)
@@ -216,7 +199,7 @@ def replacing_file(
     p = Path(path)
     check_file_writable(p, overwrite=overwrite)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_sibling(p, "tmp", directory=False)
+    tmp = fresh_sibling(p, "tmp", directory=False)
     try:
         yield tmp
         check_file_writable(p, overwrite=overwrite)

@@ -177,6 +177,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_env_name(name: str, source: str) -> None:
+    """`name` must be an environment variable's name: a key passed there by mistake would
+    end up in a config file or a log."""
+    if not ENV_NAME.fullmatch(name):
+        raise UsageError(
+            f"{source}: {name!r} is not an environment variable name "
+            "(pass the variable's name, never the key)"
+        )
+
+
 def serve_config_from_args(args: argparse.Namespace) -> Any:
     """The `serve` section of `--config`, with the command line's overrides."""
     cfg = load_config_arg(args).serve
@@ -185,11 +195,8 @@ def serve_config_from_args(args: argparse.Namespace) -> Any:
     for key in keys:
         if getattr(args, key, None) is not None:
             updates[key] = getattr(args, key)
-    if updates.get("api_key_env") is not None and not ENV_NAME.fullmatch(updates["api_key_env"]):
-        raise UsageError(
-            f"--api-key-env: {updates['api_key_env']!r} is not an environment variable name "
-            "(pass the variable's name, never the key)"
-        )
+    if updates.get("api_key_env") is not None:
+        check_env_name(updates["api_key_env"], "--api-key-env")
     if args.lora:
         from ttpa_ray.serve.deploy import lora_adapters
 
@@ -229,11 +236,7 @@ def read_api_key(
             )
         return text
     if env_name:
-        if not ENV_NAME.fullmatch(env_name):
-            raise UsageError(
-                f"{env_source}: {env_name!r} is not an environment variable name "
-                "(pass the variable's name, not the key)"
-            )
+        check_env_name(env_name, env_source)
         value = os.environ.get(env_name, "").strip()
         if not value:
             raise UsageError(f"{env_source}: environment variable {env_name} is not set")

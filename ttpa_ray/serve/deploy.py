@@ -104,7 +104,7 @@ def deploy(
 
     key = resolve_api_key(cfg, api_key) if cfg.backend == "hf" else api_key
     warn_if_open(cfg.host, key)
-    serve.run(make_app(cfg, api_key=api_key), name=name, route_prefix=route_prefix, blocking=False)
+    serve.run(make_app(cfg, api_key=key), name=name, route_prefix=route_prefix, blocking=False)
     url = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}/v1"
     log.info("serving %s at %s", cfg.resolved_model_id(), url)
     return url

@@ -80,8 +80,8 @@ class GuardMiddleware:
         if scope["type"] != "http" or guard is None:
             await self.app(scope, receive, send)
             return
+        headers = dict(scope.get("headers") or [])
         if guard.api_key is not None and "/v1/" in scope.get("path", ""):
-            headers = dict(scope.get("headers") or [])
             auth = headers.get(b"authorization", b"")
             token = auth[7:] if auth[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(token, guard.api_key):
@@ -108,7 +108,7 @@ class GuardMiddleware:
             "request_too_large",
         )
         cap = self.DRAIN_FACTOR * limit
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             drained = int(declared) <= cap and await _drain(receive, cap)
             await _reply(send, too_large, [] if drained else [(b"connection", b"close")])

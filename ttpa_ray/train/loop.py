@@ -121,17 +121,18 @@ class Trainer:
         batch = collate_sft(items, pad) if self.settings is None else collate_pairs(items, pad)
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def _sft_normaliser(self, batches: list[dict[str, torch.Tensor]]) -> float:
+    def _sft_normaliser(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
         """What each micro-batch's summed cross-entropy is divided by, so that the step's
-        gradient is the mean over every labelled token of the step on every worker.
-        DeepSpeed divides each micro-batch's loss by `grad_accum` and averages gradients over
-        the `world` workers; multiplying both back makes the update independent of how the
-        rows are split into micro-batches and workers (1×8 ≡ 8×1)."""
+        gradient is the mean over every labelled token of the step on every worker, and
+        this worker's labelled tokens. DeepSpeed divides each micro-batch's loss by
+        `grad_accum` and averages gradients over the `world` workers; multiplying both back
+        makes the update independent of how the rows are split into micro-batches and
+        workers (1×8 ≡ 8×1)."""
         labelled = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         total = torch.tensor(float(labelled))
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)
-        return max(float(total), 1.0) / (self.cfg.grad_accum * self.world)
+        return max(float(total), 1.0) / (self.cfg.grad_accum * self.world), labelled
 
     def train_step(self) -> dict[str, float]:
         sums: dict[str, float] = {}
@@ -139,13 +140,12 @@ class Trainer:
         micro = [
             self._batch(self.step * self.cfg.grad_accum + m) for m in range(self.cfg.grad_accum)
         ]
-        normaliser = self._sft_normaliser(micro) if self.settings is None else None
-        ce_sum, labelled = 0.0, 0
+        normaliser, labelled = self._sft_normaliser(micro) if self.settings is None else (None, 0)
+        ce_sum = 0.0
         for batch in micro:
             if self.settings is None:
                 loss, metrics = sft_loss(self.engine, batch, normaliser)
                 ce_sum += metrics.pop("ce_sum")
-                labelled += int(metrics["tokens"])
                 real = batch["token_mask"] if "token_mask" in batch else batch["attention_mask"]
                 tokens += int(real.sum())
             else:
