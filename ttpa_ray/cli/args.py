@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ttpa_ray.cli.errors import UsageError, error_text
+from ttpa_ray.storage import is_uri
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -47,7 +48,7 @@ NON_NEGATIVE_FLOAT = _float_above(0.0, inclusive=True)
 
 def need_input(path: str, flag: str) -> None:
     """A local input must exist before any work starts (URIs are the stage's to check)."""
-    if "://" not in str(path) and not Path(path).exists():
+    if not is_uri(path) and not Path(path).exists():
         raise FileNotFoundError(f"{flag}: not found: {path}")
 
 

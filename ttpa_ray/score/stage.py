@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from ttpa_ray.outdir import check_file_writable, check_replaceable, replacing_dir, replacing_file
 from ttpa_ray.schema.io import StageCounts, write_manifest
 from ttpa_ray.score.batch import PRED_FORMATS, QUARANTINE_COL, ESMBatchScorer
+from ttpa_ray.storage import is_uri
 
 STAGE = "score"
 
@@ -77,7 +78,7 @@ def check_input(in_path: str | Path, columns: list[str]) -> None:
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    if "://" in str(in_path):
+    if is_uri(in_path):
         return
     path = Path(in_path)
     if not path.exists():
