@@ -23,6 +23,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -150,8 +151,11 @@ def main() -> None:
     from ttpa_ray.schema.io import write_rows
     from ttpa_ray.schema.records import PAIR_SCHEMA
     from ttpa_ray.tools.catalog import load_builtin
-    from ttpa_ray.train.synthetic import perturbed_pair_rows
     from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
+
+    # The pairs come from the tests' helper (the same pairs the DPO tests train on).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from synthetic_pairs import perturbed_pair_rows
 
     work = Path(tempfile.mkdtemp(prefix="dpo_vs_trl_"))
     tools = [t.to_openai() for t in load_builtin().tools]

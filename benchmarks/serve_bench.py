@@ -77,11 +77,11 @@ def main() -> None:
 
     from ray import serve
 
-    from ttpa_ray.config import ServeConfig
+    from ttpa_ray.config import ServeConfig, TinyShape
     from ttpa_ray.ray_utils import init_ray
     from ttpa_ray.serve.deploy import deploy, start_proxy
     from ttpa_ray.tools.catalog import load_builtin
-    from ttpa_ray.train.tiny import TinyModelConfig, catalog_texts, create_tiny_model_dir
+    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +89,7 @@ def main() -> None:
     results: dict[str, dict[int, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tools = [t.to_openai() for t in load_builtin().tools]
-        shape = TinyModelConfig(
+        shape = TinyShape(
             hidden_size=args.hidden, num_layers=args.layers, intermediate_size=3 * args.hidden
         )
         model = create_tiny_model_dir(

@@ -107,11 +107,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
 
+    from ttpa_ray.config import BranchConfig, SampleConfig
     from ttpa_ray.construct.schema_teacher import build_episode
     from ttpa_ray.engines.hf_engine import HFEngine
-    from ttpa_ray.sample.branch import BranchSettings
-    from ttpa_ray.sample.hf_sampler import HFSampler, SampleSettings
-    from ttpa_ray.sample.turns import episode_turns
+    from ttpa_ray.sample.hf_sampler import HFSampler
+    from ttpa_ray.schema.turns import episode_turns
     from ttpa_ray.tools.catalog import load_builtin
     from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
@@ -137,12 +137,12 @@ def main() -> None:
         n_params = sum(p.numel() for p in engine.model.parameters())
 
         def sampler(**kw: Any) -> HFSampler:
-            settings = SampleSettings(
+            settings = SampleConfig(
                 n=args.n,
                 temperature=1.0,
                 max_tokens=args.max_tokens,
                 seed=args.seed,
-                branch=BranchSettings(top_k=2, lowest_k=2, max_branches=8),
+                branch=BranchConfig(top_k=2, lowest_k=2, max_branches=8),
                 **kw,
             )
             return HFSampler(engine, settings)

@@ -39,7 +39,9 @@ def default_run_dir(config: str) -> str:
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m jobs.{prog}", description=description)
+    from ttpa_ray.cli.parser import Parser
+
+    p = Parser(prog=f"python -m jobs.{prog}", description=description)
     p.add_argument("--config", required=True, help="YAML config (relative to the working dir)")
     p.add_argument(
         "--run-dir",
@@ -91,13 +93,11 @@ def run_stages(args: argparse.Namespace, until: str, force: str | None = None) -
 
 
 def main(fn: Callable[[Sequence[str] | None], int]) -> None:
-    """Run `fn(argv)`; user errors exit 2 with one clear line (what `ray job logs` shows)."""
-    try:
-        code = fn(sys.argv[1:])
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"ttpa-ray job error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    sys.exit(code)
+    """Run `fn(argv)`; user errors exit 2 with one clear line (what `ray job logs` shows),
+    as `ttpa-ray`'s do."""
+    from ttpa_ray.cli.errors import exit_code
+
+    sys.exit(exit_code(lambda: fn(sys.argv[1:]), "ttpa-ray job error:"))
 
 
 def stage_job(stage: str, doc: str) -> Callable[[Sequence[str] | None], int]:

@@ -9,32 +9,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobs._common import connect, load, main, parser
+from ttpa_ray.cli.args import field_help
+from ttpa_ray.cli.parser import LORA_HELP
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     p = parser("serve", __doc__.splitlines()[0])
-    p.add_argument("--model", help="model dir (default: serve.model, or RUN_DIR/WHICH/model)")
-    p.add_argument("--which", choices=("sft", "ttpa", "dpo_response"), default="ttpa")
+    p.add_argument("--model", help=field_help("serve.model", "unset: RUN_DIR/WHICH/model"))
     p.add_argument(
-        "--lora", action="append", default=[], help="NAME=DIR or DIR adapter (repeatable)"
+        "--which",
+        choices=("sft", "ttpa", "dpo_response"),
+        default="ttpa",
+        help="the run dir's model to serve when no model is given",
     )
+    p.add_argument("--lora", action="append", default=[], help=LORA_HELP)
     p.add_argument("--name", default="ttpa", help="Serve application name")
     args = p.parse_args(argv)
-    cfg = load(args.config).serve
-    model = args.model or cfg.model
-    if not model:
-        if not args.run_dir:
-            raise ValueError("give --model, serve.model in the config, or --run-dir")
-        model = str(Path(args.run_dir) / args.which / "model")
-    from ttpa_ray.serve.deploy import lora_adapters
+    from ttpa_ray.serve.deploy import deploy, serve_settings, start_proxy
 
-    adapters = lora_adapters(args.lora, cfg.adapters)
-    if cfg.backend == "hf" and not Path(model).is_dir():
-        raise FileNotFoundError(f"model directory {model} does not exist")
-    cfg = cfg.model_copy(update={"model": model, "adapters": adapters})
+    base = load(args.config).serve
+    cfg = serve_settings(base, {"model": args.model}, args.lora, args.run_dir, args.which)
+    if not cfg.model:
+        raise ValueError("give --model, serve.model in the config, or --run-dir")
+    # deployed here and now (not written down for elsewhere): a missing dir fails before Ray
+    if cfg.backend == "hf" and not Path(cfg.model).is_dir():
+        raise FileNotFoundError(f"model directory {cfg.model} does not exist")
     connect(args.address)
-    from ttpa_ray.serve.deploy import deploy, start_proxy
-
     start_proxy(cfg.host, cfg.port)
     url = deploy(cfg, name=args.name)
     print(

@@ -1,7 +1,8 @@
 # make bfcl: .venv-bfcl, a venv apart from .venv with BFCL's own runner (`bfcl generate`,
-# `bfcl evaluate`), to score a ttpa-ray endpoint the way the leaderboard does (README, "BFCL's
-# own runner"; tests/eval/test_bfcl_runner.py). Apart because bfcl-eval's pins (numpy==1.26.4,
-# tree_sitter==0.21.3, ...) conflict with ours. Included by the Makefile (BFCL_VERSION is there).
+# `bfcl evaluate`), to score a ttpa-ray endpoint the way the leaderboard does
+# (docs/ecosystem.md, "BFCL's own runner"; tests/eval/test_bfcl_runner.py). Apart because
+# bfcl-eval's pins (numpy==1.26.4, tree_sitter==0.21.3, ...) conflict with ours. Included by
+# the Makefile (BFCL_VERSION is there).
 BFCL_VENV ?= .venv-bfcl
 BFCL_PY := $(BFCL_VENV)/bin/python
 BFCL_STAMP := $(BFCL_VENV)/.bfcl-installed

@@ -33,3 +33,22 @@ def tiny_model(tmp_path_factory):
 
     texts = catalog_texts([t.to_openai() for t in load_builtin().tools], examples_per_tool=1)
     return create_tiny_model_dir(texts, tmp_path_factory.mktemp("shared-tiny") / "tiny")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests (the CUDA paths: bf16 training, the HF engine on a GPU, vLLM)
+    run where torch sees a CUDA device and are skipped, with the reason, elsewhere."""
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

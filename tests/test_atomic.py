@@ -1,5 +1,5 @@
 """Atomic marker writes and tolerant marker reads (`ttpa_ray.atomic`), and the shard
-resume check built on them (`schema.io.shard_done`)."""
+resume check built on them (`runner.shard_done`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ttpa_ray.atomic import (
     write_atomic,
     write_json_atomic,
 )
-from ttpa_ray.schema.io import shard_done
+from ttpa_ray.runner import shard_done
 
 
 def test_write_atomic_replaces_and_leaves_no_temporary_file(tmp_path):

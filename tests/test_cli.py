@@ -370,3 +370,60 @@ def test_eval_reads_its_key_from_env_or_file(tmp_path, monkeypatch, capsys):
     assert main([*base, "--out", str(tmp_path / "c"), "--api-key-env", "EVAL_KEY"]) == 2
     assert "EVAL_KEY is not set" in error_line(capsys, "eval")
     assert len(seen) == 2  # nothing was evaluated
+
+
+def test_config_flags_take_help_and_defaults_from_the_config_fields():
+    """A flag that sets a config field shows that field's description, its YAML key and
+    its default: each is written once, in `config.py`. Override flags keep a None default
+    (the config's value applies); `tiny-model` takes the pipeline's tiny shape as is."""
+    import argparse
+    import re
+
+    from ttpa_ray.cli import build_parser
+    from ttpa_ray.cli.args import config_field
+    from ttpa_ray.config import TinyShape
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    flags: dict[tuple[str, str], str] = {}
+    for command, sub in commands.choices.items():
+        for action in sub._actions:
+            m = re.search(r"\(config: ([\w.]+)(?:, default (.+))?\)$", action.help or "")
+            if not m:
+                continue
+            field = config_field(m[1])
+            assert action.help.startswith(field.description or ""), (command, action.help)
+            default = field.get_default(call_default_factory=True)
+            assert m[2] == (None if default is None or default in ({}, []) else str(default))
+            flags[(command, action.option_strings[0])] = m[1]
+    assert {
+        ("construct", "--n"): "construct.n_episodes",
+        ("construct", "--teacher"): "construct.teacher.kind",
+        ("train", "--max-steps"): "train.max_steps",
+        ("sample", "--engine"): "sample.engine",
+        ("sample", "--distractors"): "sample.distractors",
+        ("serve", "--port"): "serve.port",
+        ("serve", "--lora"): "serve.adapters",
+        ("tiny-model", "--layers"): "pipeline.tiny.num_layers",
+    }.items() <= flags.items()
+    sample = parser.parse_args(["sample", "--policy", "p", "--episodes", "e", "--out", "o"])
+    assert sample.n is None and sample.engine is None and sample.workers is None
+    tiny = parser.parse_args(["tiny-model", "--out", "o"])
+    shape = TinyShape()
+    assert (tiny.vocab_size, tiny.hidden_size, tiny.layers, tiny.seed, tiny.template) == (
+        shape.vocab_size,
+        shape.hidden_size,
+        shape.num_layers,
+        shape.seed,
+        shape.template,
+    )
+
+
+def test_a_bad_override_is_one_line_naming_its_path(tmp_path, capsys, no_ray):
+    """Overrides go through `config.apply_overrides`: nested ones too (`--teacher`)."""
+    out = str(tmp_path / "c")
+    assert main(["construct", "--teacher", "hf", "--out", out]) == 2
+    assert "construct.teacher: teacher kind 'hf' needs `model`" in error_line(capsys, "construct")
+    assert main(["serve", "--model", "m", "--port", "70000"]) == 2
+    assert "invalid serve settings: serve.port: " in error_line(capsys, "serve")
+    assert not (tmp_path / "c").exists()

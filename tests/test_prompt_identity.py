@@ -10,21 +10,22 @@ from pathlib import Path
 
 import pytest
 
+from ttpa_ray.config import SampleConfig, TinyShape
 from ttpa_ray.construct.schema_teacher import build_episode
 from ttpa_ray.engines.base import ChatRequest, GenerationParams
 from ttpa_ray.engines.hf_engine import HFEngine
 from ttpa_ray.engines.openai_engine import OpenAIEngine
 from ttpa_ray.eval.suites import load_heldout
 from ttpa_ray.sample import tokens
-from ttpa_ray.sample.hf_sampler import HFSampler, SampleSettings
-from ttpa_ray.sample.turns import OMITTED, PromptFit, Turn, episode_turns
+from ttpa_ray.sample.hf_sampler import HFSampler
 from ttpa_ray.schema.io import write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA
+from ttpa_ray.schema.turns import OMITTED, PromptFit, Turn, episode_turns
 from ttpa_ray.serve import protocol
 from ttpa_ray.serve.backend import GenRequest, HFChatBackend
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.data import IGNORE, sft_turn_examples, turn_prompt_ids
-from ttpa_ray.train.tiny import TinyModelConfig, catalog_texts, create_tiny_model_dir
+from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 TOOLS = load_builtin().tools
 DISTRACTORS, MAX_TURNS = 1, 3
@@ -35,7 +36,7 @@ def model_dir(request, tmp_path_factory) -> Path:
     texts = catalog_texts(
         [t.to_openai() for t in TOOLS], examples_per_tool=1, template=request.param
     )
-    cfg = TinyModelConfig(template=request.param)
+    cfg = TinyShape(template=request.param)
     return create_tiny_model_dir(texts, tmp_path_factory.mktemp(f"tiny-{request.param}"), cfg)
 
 
@@ -60,7 +61,7 @@ def _served_ids(backend: HFChatBackend, messages: list, tools: list) -> list[int
 def test_sft_tps_and_eval_prompt_ids_are_identical(model_dir, construct_dir):
     engine = HFEngine(model_dir)
     tok = engine.tokenizer
-    sampler = HFSampler(engine, SampleSettings(max_tokens=8))
+    sampler = HFSampler(engine, SampleConfig(max_tokens=8))
     backend = HFChatBackend(model_dir)
     examples, _, _ = load_heldout(construct_dir, DISTRACTORS)
     by_id = {e.id: e for e in examples}
@@ -109,4 +110,4 @@ def test_fitted_prompt_is_the_same_everywhere(model_dir):
     assert any(m.get("content") == OMITTED for m in f.prompt)
     assert f.prompt[1]["content"] == last.prompt[1]["content"]  # the query, untouched
     served = _served_ids(HFChatBackend(model_dir), f.prompt, f.tools)
-    assert ids == served == HFSampler(engine, SampleSettings()).prompt_ids(f)
+    assert ids == served == HFSampler(engine, SampleConfig()).prompt_ids(f)

@@ -7,8 +7,9 @@ with those stages. The resolved config is saved next to every stage's output.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,7 +19,79 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TeacherConfig(Strict):
+# Field groups several sections share (flat: their keys sit in the section itself). Each
+# field, default and check is written here once; a section inherits the groups it has.
+
+
+class DeviceFields(Strict):
+    """Where an in-process (hf) model runs and the GPUs its actors or replicas ask Ray for."""
+
+    device: str = Field("cpu", description="hf: torch device, e.g. cpu or cuda")
+    dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
+    num_gpus: float = Field(
+        0.0, ge=0.0, description="hf: GPUs per actor or replica (1 with device cuda)"
+    )
+    accelerator_type: str | None = Field(
+        None,
+        description="hf, vllm: GPU type the actors or replicas need, e.g. H100 (scales that "
+        "node group)",
+    )
+
+    @model_validator(mode="after")
+    def _cuda_needs_gpus(self) -> DeviceFields:
+        if self.device.startswith("cuda") and self.num_gpus == 0:
+            raise ValueError("device cuda needs num_gpus > 0 (GPUs per actor or replica)")
+        return self
+
+
+class ClientFields(Strict):
+    """The client of an OpenAI-compatible endpoint (teacher and sampler `openai`)."""
+
+    api_key_env: str | None = Field(
+        None, description="openai: env var holding the endpoint's API key"
+    )
+    max_concurrency: int = Field(8, gt=0, description="openai: requests in flight per actor")
+    max_retries: int = Field(3, ge=0, description="openai: retries (backoff) per request")
+    timeout_s: float = Field(120.0, gt=0.0, description="openai: per socket operation")
+
+
+class VLLMFields(Strict):
+    """The shape of a vLLM engine (teacher, sampler and serve backend `vllm`)."""
+
+    tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs per engine replica")
+    max_model_len: int = Field(8192, gt=0, description="vllm: context length")
+
+
+class VLLMEngineFields(VLLMFields):
+    """A vLLM engine run as Ray Data LLM processors (teacher and sampler `vllm`)."""
+
+    concurrency: int = Field(1, gt=0, description="vllm: engine replicas per processor")
+    enable_prefix_caching: bool = Field(
+        True, description="vllm: requests reuse the KV cache of a shared prompt prefix"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="vllm: share of GPU memory the engine takes"
+    )
+
+
+# An alias, not a plain field, so that a section can change only the default (construct).
+CPUs = Annotated[
+    float, Field(gt=0.0, description="CPUs per worker, actor or replica (fractional is fine)")
+]
+
+
+class PlacementFields(Strict):
+    """What each Ray worker, actor or replica asks for besides its GPUs."""
+
+    num_cpus: CPUs = 1.0
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per worker, actor or replica, e.g. {cpu_pool: 1} to "
+        "pin a node group (vllm engines are placed by accelerator_type)",
+    )
+
+
+class TeacherConfig(DeviceFields, ClientFields, VLLMEngineFields):
     """Who writes the episodes. `schema` needs no model (deterministic, CPU); `hf`, `vllm`
     and `openai` are LLM teachers (a prompt per step, JSON replies, one repair)."""
 
@@ -29,33 +102,15 @@ class TeacherConfig(Strict):
     base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"
     )
-    api_key_env: str | None = Field(None, description="env var holding the endpoint's API key")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(1024, gt=0, description="new tokens per step reply")
     repair: bool = Field(True, description="one repair round for an unusable JSON reply")
     batch_size: int = Field(16, gt=0, description="episodes per engine batch (all LLM kinds)")
-    # hf
-    device: str = Field("cpu", description="hf: torch device, e.g. cpu or cuda")
-    dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
-    num_gpus: float = Field(0.0, ge=0.0, description="hf: GPUs per actor (1 with device cuda)")
     max_prompt_tokens: int | None = Field(
         None, gt=0, description="hf: a longer prompt fails its episode, never cut (None: context)"
     )
-    # openai
-    max_concurrency: int = Field(8, gt=0, description="openai: requests in flight per actor")
-    max_retries: int = Field(3, ge=0, description="openai: retries (backoff) per request")
-    timeout_s: float = Field(120.0, gt=0.0, description="openai: per socket operation")
-    # vllm
-    tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs per engine replica")
     pipeline_parallel_size: int = Field(1, gt=0, description="vllm")
-    concurrency: int = Field(1, gt=0, description="vllm: engine replicas per step processor")
-    accelerator_type: str | None = Field(
-        None, description="hf, vllm: GPU type the actors need, e.g. H100 (scales that group)"
-    )
-    enable_prefix_caching: bool = Field(True, description="vllm: steps share the system prompt")
-    max_model_len: int = Field(8192, gt=0, description="vllm: context length")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm")
 
     @model_validator(mode="after")
     def _needs_model(self) -> TeacherConfig:
@@ -63,8 +118,6 @@ class TeacherConfig(Strict):
             raise ValueError(f"teacher kind {self.kind!r} needs `model`")
         if self.kind == "openai" and not self.base_url:
             raise ValueError("teacher kind 'openai' needs `base_url`")
-        if self.device.startswith("cuda") and self.num_gpus == 0:
-            raise ValueError("teacher device cuda needs num_gpus > 0 (GPUs per actor)")
         return self
 
 
@@ -84,11 +137,11 @@ class SplitConfig(Strict):
         return self
 
 
-class ConstructConfig(Strict):
-    """Reversed construction (DESIGN §3)."""
+class ConstructConfig(PlacementFields):
+    """Reversed construction (DESIGN §3). `num_cpus`/`resources`: per step worker."""
 
     catalog: str = Field("builtin", description="builtin | bfcl | a tools FILE")
-    n_episodes: int = Field(200, gt=0)
+    n_episodes: int = Field(200, gt=0, description="episodes to construct")
     seed: int = Field(0, description="episode i uses seed `seed + i`")
     shard_size: int = Field(100, gt=0, description="episodes per resumable shard")
     window: int = Field(20, gt=0, le=20, description="tools in the scene window (≤ 20)")
@@ -96,13 +149,7 @@ class ConstructConfig(Strict):
     n_constraints: tuple[int, int] = Field((4, 7), description="scenario constraints (min, max)")
     n_calls: tuple[int, int] = Field((4, 7), description="calls per multi-step episode (min, max)")
     workers: int = Field(1, gt=0, description="Ray Data workers per step")
-    num_cpus: float = Field(
-        0.5, gt=0.0, description="CPUs per worker (fractional on small machines)"
-    )
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="custom Ray resources per worker, e.g. {cpu_pool: 1} to pin a node group",
-    )
+    num_cpus: CPUs = 0.5  # fractional: a small machine fits more step workers
     teacher: TeacherConfig = TeacherConfig()
     split: SplitConfig = SplitConfig()
 
@@ -125,15 +172,20 @@ class BranchConfig(Strict):
     max_branches: int = Field(8, gt=0, description="branches per turn (most likely kept)")
 
 
-class SampleConfig(Strict):
-    """TPS (DESIGN §5): candidates from the policy at every tool-call turn, ESM, pairs."""
+class SampleConfig(DeviceFields, PlacementFields, ClientFields, VLLMEngineFields):
+    """TPS (DESIGN §5): candidates from the policy at every tool-call turn, ESM, pairs.
+    `num_cpus`/`resources`: per sampler actor (hf, openai)."""
 
     engine: Literal["hf", "vllm", "openai"] = Field(
         "hf", description="hf (local dir, CPU/GPU) | vllm (Ray Data LLM) | openai endpoint"
     )
     policy: str | None = Field(None, description="model dir (hf, vllm) or base URL (openai)")
     model: str | None = Field(None, description="openai: model name sent to the endpoint")
-    mode: Literal["n_sample", "branch", "both"] = "both"
+    mode: Literal["n_sample", "branch", "both"] = Field(
+        "both",
+        description="n_sample (whole completions per turn) | branch (token-level branches "
+        "off the gold call) | both",
+    )
     split: str = Field("train", description="episodes split to sample (construct out dir)")
     n: int = Field(5, gt=0, description="n_sample: completions per turn (before dedupe)")
     temperature: float = Field(1.0, gt=0.0, le=2.0, description="n_sample temperature")
@@ -157,14 +209,7 @@ class SampleConfig(Strict):
     seed: int = 0
     shard_size: int = Field(50, gt=0, description="episodes per resumable shard")
     workers: int = Field(1, gt=0, description="sampler actors (hf, openai)")
-    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per sampler actor")
-    num_gpus: float = Field(0.0, ge=0.0, description="hf: GPUs per actor")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources per sampler actor (hf, openai)"
-    )
     batch_size: int = Field(4, gt=0, description="turns per actor batch")
-    device: str = Field("cpu", description="hf: torch device")
-    dtype: str = Field("auto", description="hf: auto | float32 | bfloat16 | float16")
     max_prompt_tokens: int | None = Field(
         None,
         gt=0,
@@ -172,21 +217,7 @@ class SampleConfig(Strict):
         "a longer prompt omits its oldest tool results, else its turn is quarantined; "
         "never truncated (None: no budget; hf: the model's context)",
     )
-    # openai
-    api_key_env: str | None = None
-    max_concurrency: int = Field(8, gt=0)
-    max_retries: int = Field(3, ge=0)
-    timeout_s: float = Field(120.0, gt=0.0)
     logprobs: bool = Field(True, description="openai: ask for token log-probs")
-    # vllm
-    tensor_parallel_size: int = Field(1, gt=0)
-    concurrency: int = Field(1, gt=0, description="vllm: engine replicas")
-    accelerator_type: str | None = Field(
-        None, description="hf, vllm: GPU type the sampler actors need, e.g. H100"
-    )
-    enable_prefix_caching: bool = True
-    max_model_len: int = Field(8192, gt=0)
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     vllm_batch_size: int = Field(64, gt=0)
 
     @model_validator(mode="after")
@@ -199,8 +230,6 @@ class SampleConfig(Strict):
                 )
             if not self.model:
                 raise ValueError("engine openai needs `model` (the served model's name)")
-        if self.device.startswith("cuda") and self.num_gpus == 0:
-            raise ValueError("device cuda needs num_gpus > 0 (GPUs per actor)")
         return self
 
 
@@ -224,8 +253,9 @@ class ServeLimits(Strict):
     )
 
 
-class ServeConfig(Strict):
-    """The OpenAI-compatible endpoint (DESIGN §7)."""
+class ServeConfig(DeviceFields, PlacementFields, VLLMFields):
+    """The OpenAI-compatible endpoint (DESIGN §7). `num_cpus`/`resources`: per replica
+    (hf); `tensor_parallel_size`/`max_model_len`: backend vllm (ray.serve.llm)."""
 
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="hf: transformers + @serve.batch (CPU/GPU); vllm: ray.serve.llm (GPU)"
@@ -236,18 +266,11 @@ class ServeConfig(Strict):
         default_factory=dict, description="LoRA adapters: name → dir, served as `model_id:name`"
     )
     host: str = Field("127.0.0.1", description="bind address (loopback unless told otherwise)")
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port")
     api_key_env: str | None = Field(
         None, description="env var holding the API key clients must send (None: no key)"
     )
-    device: str = "cpu"
-    dtype: str = "auto"
     num_replicas: int = Field(1, gt=0)
-    num_cpus: float = Field(1.0, gt=0.0, description="CPUs per replica")
-    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per replica")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="hf: custom Ray resources per replica"
-    )
     max_ongoing_requests: int = Field(
         32, gt=0, description="requests in flight per replica; more get HTTP 503"
     )
@@ -267,11 +290,6 @@ class ServeConfig(Strict):
         10.0, ge=0.0, description="on SIGTERM/Ctrl-C: how long in-flight requests may finish"
     )
     # vllm (ray.serve.llm)
-    tensor_parallel_size: int = Field(1, gt=0)
-    accelerator_type: str | None = Field(
-        None, description="hf, vllm: GPU type of the replicas' node group, e.g. H100"
-    )
-    max_model_len: int = Field(8192, gt=0)
     max_loras: int = Field(4, gt=0, description="vllm: adapters resident per replica")
     max_lora_rank: int = Field(64, gt=0)
     min_replicas: int = Field(1, ge=0, description="vllm: autoscaling lower bound")
@@ -282,8 +300,6 @@ class ServeConfig(Strict):
         for name in self.adapters:
             if not name or ":" in name:
                 raise ValueError(f"adapter name {name!r}: must be non-empty without ':'")
-        if self.device.startswith("cuda") and self.num_gpus == 0:
-            raise ValueError("device cuda needs num_gpus > 0")
         return self
 
     def resolved_model_id(self) -> str:
@@ -291,16 +307,24 @@ class ServeConfig(Strict):
 
 
 class TinyShape(Strict):
-    """The tiny model the pipeline builds when `pipeline.model` is `tiny`."""
+    """The tiny model the pipeline builds when `pipeline.model` is `tiny` (defaults:
+    ≈0.66M parameters at vocab 2048), and `ttpa-ray tiny-model` writes."""
 
-    vocab_size: int = Field(2048, gt=16)
+    vocab_size: int = Field(
+        2048, gt=16, description="BPE training target; the model gets len(tokenizer) (≤ it)"
+    )
+    min_frequency: int = Field(2, ge=0, description="BPE: least count of a merged pair")
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
     num_kv_heads: int = Field(2, gt=0)
     intermediate_size: int = Field(384, gt=0)
-    max_position_embeddings: int = Field(2048, gt=0)
-    seed: int = 0
+    max_position_embeddings: int = Field(
+        2048, gt=0, description="context length (also the tokenizer's model_max_length)"
+    )
+    tie_word_embeddings: bool = Field(True, description="output layer shares the embeddings")
+    rms_norm_eps: float = Field(1e-6, gt=0.0)
+    seed: int = Field(0, description="weight initialisation seed")
     template: Literal["hermes", "compact"] = Field(
         "hermes",
         description="chat template: each tool as its JSON schema (hermes, as Qwen/Hermes) or "
@@ -532,3 +556,31 @@ def describe(error: ValidationError, prefix: str = "") -> str:
         loc = ".".join(str(p) for p in err["loc"])
         lines.append(f"{prefix}{loc}: {msg}" if loc else msg)
     return "\n  ".join(lines)
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def apply_overrides(cfg: SectionT, updates: Mapping[str, Any], where: str) -> SectionT:
+    """`cfg` (a section at dotted path `where`, e.g. `sample`) with `updates` (field →
+    value; a mapping for a nested section is merged into it key by key), validated exactly
+    as the YAML is. A bad value raises ValueError naming its full path (`sample.n: ...`)."""
+    if not updates:
+        return cfg
+    try:
+        return type(cfg).model_validate(_merged(cfg, updates))
+    except ValidationError as e:
+        # ValidationError is a ValueError too: a plain one carries just the named lines
+        raise ValueError(f"invalid {where} settings:\n  {describe(e, where + '.')}") from None
+
+
+def _merged(cfg: BaseModel, updates: Mapping[str, Any]) -> dict[str, Any]:
+    data = cfg.model_dump()
+    for key, value in updates.items():
+        current = getattr(cfg, key, None)
+        # only a nested section merges; a dict-valued field (`adapters`) is replaced whole
+        if isinstance(current, BaseModel) and isinstance(value, Mapping):
+            data[key] = _merged(current, value)
+        else:
+            data[key] = value
+    return data

@@ -22,7 +22,7 @@ from typing import Any
 from ttpa_ray.atomic import read_json, write_json_atomic
 from ttpa_ray.cluster.head import free_ports
 from ttpa_ray.cluster.nodes import NODES_FILE, NodeTimeline
-from ttpa_ray.config import Config, TrainConfig
+from ttpa_ray.config import Config, TrainConfig, apply_overrides
 from ttpa_ray.schema.io import config_hash, read_rows, write_rows
 from ttpa_ray.storage import StagedRun, is_uri, local_path
 
@@ -84,7 +84,7 @@ class Pipeline:
         c, p = self.cfg, self.cfg.pipeline
         return {
             "construct": c.construct.model_dump(mode="json"),
-            "model": {"model": p.model, "tiny": p.tiny.model_dump()},
+            "model": {"model": p.model, "tiny": _tiny_key(p.tiny)},
             "sft": self.train_cfg("sft").model_dump(mode="json"),
             "sample": c.sample.model_dump(mode="json", exclude={"policy"}),
             "ttpa": self.train_cfg("ttpa").model_dump(mode="json"),
@@ -100,6 +100,8 @@ class Pipeline:
         }[stage]
 
     def key(self, stage: str) -> str:
+        """`stage`'s resume key: `config_hash` (as for shard keys, `ttpa_ray.runner`) of its
+        settings and its inputs' keys, so a changed upstream stage re-runs this one."""
         if stage not in self.keys:
             deps = {d: self.key(d) for d in DEPENDS[stage]}
             self.keys[stage] = config_hash({"settings": self.settings(stage), "deps": deps})
@@ -283,14 +285,14 @@ class Pipeline:
             if not is_uri(p.model) and not Path(p.model).is_dir():
                 raise FileNotFoundError(f"pipeline.model: model directory {p.model} does not exist")
             return {}
-        from ttpa_ray.construct.steps import catalog_tools
-        from ttpa_ray.train.tiny import TinyModelConfig, catalog_texts, create_tiny_model_dir
+        from ttpa_ray.tools.catalog import catalog_tools
+        from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
         tools = [t.to_openai() for t in catalog_tools(self.cfg.construct.catalog)]
         create_tiny_model_dir(
             catalog_texts(tools, template=p.tiny.template),
             self.run / "model",
-            TinyModelConfig(**p.tiny.model_dump()),
+            p.tiny,
         )
         return {}
 
@@ -361,7 +363,7 @@ class Pipeline:
                 "sample.engine vllm loads the policy by path: put the run dir on a shared "
                 f"filesystem (NFS) mounted on every node, not {self.store.uri}"
             )
-        cfg = self.cfg.sample.model_copy(update={"policy": self.shared("sft/model")})
+        cfg = apply_overrides(self.cfg.sample, {"policy": self.shared("sft/model")}, "sample")
         m = run_sample(cfg, self.run / "construct", self.run / "sample", progress=self.progress)
         return self._totals(m, "sample.turns") | {"pairs": m["pairs"]}
 
@@ -399,16 +401,14 @@ class Pipeline:
         start_proxy(sc.host, port, proxy_location="HeadOnly")
         root = self.run / "eval"
         # the prompt budget of SFT and TPS, so eval requests are the prompts they saw
-        fit = prompt_fit(
-            self.cfg.sample.model_copy(update={"policy": str(self.run / "sft" / "model")})
-        )
+        sft = {"policy": str(self.run / "sft" / "model")}
+        fit = prompt_fit(apply_overrides(self.cfg.sample, sft, "sample"))
         try:
             # One model at a time: each replica gets the configured CPUs/GPUs without
             # three replicas competing for (or waiting on) a small machine.
             for name in self.eval_models:
-                cfg = sc.model_copy(
-                    update={"model": self.shared(f"{name}/model"), "model_id": name, "port": port}
-                )
+                model = {"model": self.shared(f"{name}/model"), "model_id": name, "port": port}
+                cfg = apply_overrides(sc, model, "serve")
                 url = deploy(cfg, name=f"eval-{name}", route_prefix=f"/{name}")
                 for suite in p.eval_suites:
                     spec = f"heldout:{self.run / 'construct'}" if suite == "heldout" else suite
@@ -443,16 +443,30 @@ class Pipeline:
         return {}
 
 
+# `pipeline.tiny` fields added after run dirs existed: in the model stage's key only when
+# set to another value, so a run made before them keeps its keys (and is not redone).
+_LATER_TINY_FIELDS = {"min_frequency", "tie_word_embeddings", "rms_norm_eps"}
+
+
+def _tiny_key(tiny: Any) -> dict[str, Any]:
+    data = tiny.model_dump()
+    for name in _LATER_TINY_FIELDS:
+        if data[name] == type(tiny).model_fields[name].default:
+            del data[name]
+    return data
+
+
 def build_response_pairs(
     sample_dir: Path, construct_dir: Path, cfg: Config
 ) -> list[dict[str, Any]]:
-    """The baseline's pairs from a TPS output: its turns rebuilt with the one prompt
-    builder (the SFT policy's tokenizer for the fit), its `n_sample` candidates."""
+    """The baseline's pairs from a TPS output (I/O only; the rule is
+    `sample.pairs.response_pairs`): its turns rebuilt with the one prompt builder (the SFT
+    policy's tokenizer for the fit), its `n_sample` candidates."""
     from ttpa_ray.sample.pairs import response_pairs
     from ttpa_ray.sample.stage import sampled_turns
 
-    policy = sample_dir.parent / "sft" / "model"
-    turns = sampled_turns(cfg.sample.model_copy(update={"policy": str(policy)}), construct_dir)
+    policy = {"policy": str(sample_dir.parent / "sft" / "model")}
+    turns = sampled_turns(apply_overrides(cfg.sample, policy, "sample"), construct_dir)
     return response_pairs(turns, read_rows(sample_dir / "candidates.parquet"))
 
 

@@ -175,16 +175,42 @@ def test_job_help_runs_without_a_cluster():
     assert out.returncode == 0 and "--stage {sft,ttpa,dpo_response}" in out.stdout
 
 
+def test_job_user_errors_are_one_line_before_any_cluster(tmp_path):
+    """Jobs report user errors as `ttpa-ray` does (one line, exit 2), and `jobs.serve`
+    validates its settings as the CLI does, before connecting to Ray."""
+    config = tmp_path / "c.yaml"
+    config.write_text("serve:\n  port: 8123\n")
+
+    def job(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", *args],
+            cwd=REPO,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    missing = job("jobs.serve", "--config", str(tmp_path / "nope.yaml"), "--model", "m")
+    assert missing.returncode == 2, missing.stderr
+    nope = tmp_path / "nope.yaml"
+    assert missing.stderr.strip() == f"ttpa-ray job error: config file {nope} does not exist"
+    bad = job("jobs.serve", "--config", str(config), "--model", str(tmp_path), "--lora", "a:b=/x")
+    assert bad.returncode == 2 and "ray: connected" not in bad.stdout, bad.stderr
+    assert bad.stderr.strip() == (
+        "ttpa-ray job error: invalid serve settings: adapter name 'a:b': must be non-empty "
+        "without ':'"
+    )
+    usage = job("jobs.train", "--config", str(config), "--stage", "x")
+    assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1, usage.stderr
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-def test_serve_job_keeps_serving_and_eval_job_scores_the_endpoint(head, tmp_path):
+def test_serve_job_keeps_serving_and_eval_job_scores_the_endpoint(head, tmp_path, tiny_model):
     """`jobs.serve` deploys the app and ends; the app answers afterwards; `jobs.eval
     --endpoint` evaluates it over HTTP from another job."""
-    from ttpa_ray.tools.catalog import load_builtin
-    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
-
-    tools = [t.to_openai() for t in load_builtin().tools[:6]]
-    model = create_tiny_model_dir(catalog_texts(tools, examples_per_tool=1), tmp_path / "tiny")
+    model = tiny_model
     port = free_ports(1)[0]
     cfg = yaml.safe_load((REPO / "tests" / "pipeline" / "reduced.yaml").read_text())
     cfg["serve"] = {"port": port, "num_cpus": 0.25, "default_max_tokens": 16}

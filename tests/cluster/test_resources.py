@@ -61,7 +61,7 @@ def test_hf_teacher_actors_request_gpus_and_the_accelerator(ray_local):
 
 def test_sampler_actors_request_the_configured_resources(ray_local):
     from ttpa_ray.sample.stage import build_dataset
-    from ttpa_ray.sample.turns import TURN_SCHEMA
+    from ttpa_ray.schema.turns import TURN_SCHEMA
 
     cfg = SampleConfig(
         policy="/m",

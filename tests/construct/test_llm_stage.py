@@ -88,14 +88,10 @@ def test_openai_teacher_over_http(ray_local, tmp_path, openai_teacher_server):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-def test_hf_teacher_on_the_tiny_model(ray_local, tmp_path):
+def test_hf_teacher_on_the_tiny_model(ray_local, tmp_path, tiny_model):
     """The untrained tiny model writes no usable JSON: every episode is quarantined at
     the scene step after the repair round, and the run says so with its accounting."""
-    from ttpa_ray.tools.catalog import load_builtin
-    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
-
-    tools = [t.to_openai() for t in load_builtin().tools[:12]]
-    model = create_tiny_model_dir(catalog_texts(tools, examples_per_tool=1), tmp_path / "tiny")
+    model = tiny_model
     teacher = {"kind": "hf", "model": str(model), "max_tokens": 24, "batch_size": 4}
     out = tmp_path / "hf"
     config = cfg(teacher, n_episodes=4, shard_size=4)
@@ -174,23 +170,10 @@ def scripted_processor_factory(scripted: Any, engine_error_every: int = 0) -> An
     return factory
 
 
-@pytest.fixture(scope="module")
-def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    from ttpa_ray.tools.catalog import load_builtin
-    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
-
-    tools = [t.to_openai() for t in load_builtin().tools[:12]]
-    return create_tiny_model_dir(
-        catalog_texts(tools, examples_per_tool=1), tmp_path_factory.mktemp("tok")
-    )
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-def test_vllm_teacher_wiring_through_ray_data_llm(
-    ray_local, tmp_path, tiny_tokenizer_dir, scripted_module
-):
-    teacher = {"kind": "vllm", "model": str(tiny_tokenizer_dir), "batch_size": 8}
+def test_vllm_teacher_wiring_through_ray_data_llm(ray_local, tmp_path, tiny_model, scripted_module):
+    teacher = {"kind": "vllm", "model": str(tiny_model), "batch_size": 8}
     out = tmp_path / "vllm"
     manifest = run_construct(
         cfg(teacher, n_episodes=24, shard_size=24),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ttpa_ray.construct.llm_teacher import LLMSettings, LLMTeacher, load_prompts
+from ttpa_ray.construct.llm_teacher import LLMTeacher, load_prompts
 from ttpa_ray.construct.schema_teacher import Restart, build_episode
 from ttpa_ray.construct.steps import STEPS, finish_row, make_teacher
 from ttpa_ray.engines.base import GenerationParams
@@ -17,13 +17,13 @@ from ttpa_ray.tools.catalog import load_builtin
 CATALOG = load_builtin().tools
 
 
-def teacher(engine: Any = None, **settings: Any) -> LLMTeacher:
+def teacher(engine: Any = None, allow_single_call: bool = True) -> LLMTeacher:
     return LLMTeacher(
         "test",
         CATALOG,
         (lambda: engine) if engine else None,
         GenerationParams(),
-        LLMSettings(**settings),
+        allow_single_call=allow_single_call,
     )
 
 

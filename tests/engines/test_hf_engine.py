@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM
 
 from ttpa_ray.engines import ChatRequest, EngineError, GenerationParams, make_engine
 from ttpa_ray.engines.hf_engine import ContextLengthError, HFEngine, truncate_at_stop
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 
 def tool(name: str, prop: str) -> dict[str, Any]:
@@ -49,10 +48,9 @@ SHORT = GenerationParams(max_tokens=12)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    out = create_tiny_model_dir(
-        catalog_texts([WEATHER, FLIGHT, EMAIL]), tmp_path_factory.mktemp("tiny")
-    )
+def model_dir(tmp_path_factory, tiny_model) -> Path:
+    out = tmp_path_factory.mktemp("engine") / "tiny"
+    shutil.copytree(tiny_model, out)  # the shared model is read-only: perturb a copy
     # A freshly initialised tiny model (std 0.02) greedily repeats one token; larger
     # weights make its outputs differ per prompt, so the batching checks mean something.
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)

@@ -1,13 +1,16 @@
-"""vLLM engine wiring, tested on CPU without vLLM (config, prompts, pre/postprocess)."""
+"""The vLLM adapter and `VLLMEngine`, tested on CPU without vLLM (config, tokenizer, prompts,
+processors, pre/postprocess)."""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ttpa_ray.config import SampleConfig, TeacherConfig
 from ttpa_ray.engines import ChatRequest, GenerationParams, make_engine
 from ttpa_ray.engines.vllm_engine import (
     VLLM_MISSING,
@@ -15,14 +18,19 @@ from ttpa_ray.engines.vllm_engine import (
     VLLMEngine,
     build_processor_config,
     collect,
+    dummy_prompt_ids,
     engine_kwargs,
+    eos_ids,
     expand_rows,
+    load_tokenizer,
     postprocess_row,
     preprocess_row,
     processor_config_kwargs,
+    processor_factory,
     render_prompts,
     require_vllm,
     sampling_params,
+    special_ids,
 )
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -61,6 +69,24 @@ CFG = VLLMConfig(
 )
 
 
+def test_config_from_a_section_takes_its_shared_vllm_fields():
+    shared = {
+        "tensor_parallel_size": 2,
+        "max_model_len": 2048,
+        "gpu_memory_utilization": 0.7,
+        "enable_prefix_caching": False,
+        "concurrency": 3,
+        "accelerator_type": "H100",
+    }
+    teacher = TeacherConfig.model_validate({"kind": "vllm", "model": "m", **shared})
+    sample = SampleConfig.model_validate({"engine": "vllm", "policy": "p", **shared})
+    for section in (teacher, sample):
+        cfg = VLLMConfig.from_section(section, "/models/x", batch_size=8, dtype="bfloat16")
+        assert {k: getattr(cfg, k) for k in shared} == shared
+        assert (cfg.model, cfg.batch_size, cfg.dtype) == ("/models/x", 8, "bfloat16")
+        assert cfg.pipeline_parallel_size == 1  # a field the section does not set
+
+
 def test_engine_kwargs():
     assert engine_kwargs(CFG) == {
         "tensor_parallel_size": 2,
@@ -91,14 +117,15 @@ def test_real_processor_config_is_built_without_vllm():
 
 @pytest.mark.timeout(180)
 def test_build_processor_has_only_the_engine_stage(ray_local, tmp_path):
-    from ray.data.llm import build_processor
-
     params = GenerationParams(max_tokens=5)
-    processor = build_processor(
+    # The factory the stages and `VLLMEngine` use: a new processor per pass key.
+    factory = processor_factory(
         build_processor_config(VLLMConfig(model=str(tmp_path))),
-        preprocess=functools.partial(preprocess_row, params=params),
-        postprocess=postprocess_row,
+        functools.partial(preprocess_row, params=params),
+        postprocess_row,
     )
+    processor = factory("scene", 1)
+    assert factory("scene", 2) is not processor
     assert list(processor.stages) == ["vLLMEngineStage"]
     # The processor's wrapped pre/postprocess run our functions on a row (no vLLM needed).
     col = processor.DATA_COLUMN
@@ -113,13 +140,38 @@ def test_build_processor_has_only_the_engine_stage(ray_local, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Any:
-    from transformers import AutoTokenizer
-
+def model_dir(tmp_path_factory) -> Path:
     from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
-    out = create_tiny_model_dir(catalog_texts([WEATHER, FLIGHT]), tmp_path_factory.mktemp("tiny"))
-    return AutoTokenizer.from_pretrained(out, local_files_only=True)
+    return create_tiny_model_dir(catalog_texts([WEATHER, FLIGHT]), tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def test_tokenizer_and_its_eos_and_special_ids(model_dir, tmp_path):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    path = str(model_dir)
+    tok = load_tokenizer(path, local_files_only=True)
+    assert load_tokenizer(path, local_files_only=True) is tok  # one per process and path
+    eos = GenerationConfig.from_pretrained(path).eos_token_id
+    assert eos_ids(path) == frozenset([eos] if isinstance(eos, int) else eos)
+    assert special_ids(path) == frozenset(tok.all_special_ids) | eos_ids(path)
+    assert dummy_prompt_ids(tok) == [tok.eos_token_id]
+    # Without generation_config.json: the tokenizer's eos.
+    tok.save_pretrained(tmp_path / "tok")
+    assert eos_ids(str(tmp_path / "tok")) == {tok.eos_token_id}
+    # Every prompt is rendered with the chat template: a tokenizer without one is refused.
+    bare = AutoTokenizer.from_pretrained(path)  # not the cached one: it is changed
+    bare.chat_template = None
+    bare.save_pretrained(tmp_path / "bare")
+    with pytest.raises(ValueError, match="no chat template"):
+        load_tokenizer(str(tmp_path / "bare"))
 
 
 def test_render_prompts_uses_each_request_tools(tokenizer):

@@ -112,13 +112,14 @@ def train_constant_model(out: Path, prompts: list[str]) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ttpa_ray.config import TinyShape
     from ttpa_ray.schema.tool_call_text import render_tool_call
     from ttpa_ray.tools.catalog import load_builtin
-    from ttpa_ray.train.tiny import IM_END, TinyModelConfig, catalog_texts, create_tiny_model_dir
+    from ttpa_ray.train.tiny import IM_END, catalog_texts, create_tiny_model_dir
 
     target = render_tool_call(CALL["name"], CALL["arguments"]) + IM_END
     texts = catalog_texts([t.to_openai() for t in load_builtin().tools], examples_per_tool=1)
-    shape = TinyModelConfig(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=128)
+    shape = TinyShape(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=128)
     create_tiny_model_dir([*texts, *prompts, target], out, shape)
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)

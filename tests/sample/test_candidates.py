@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ttpa_ray.sample.branch import BranchSettings, GoldPosition, branch_points, branch_prefix
+from ttpa_ray.config import BranchConfig
+from ttpa_ray.sample.branch import GoldPosition, branch_points, branch_prefix
 from ttpa_ray.sample.candidates import Candidate, candidate_key, dedupe, first_difference
 
 
@@ -60,20 +61,20 @@ def positions() -> list[GoldPosition]:
 
 
 def test_branch_points_take_divergent_and_least_likely_gold_tokens():
-    s = BranchSettings(top_k=2, lowest_k=1, max_branches=8, skip_special=frozenset({2}))
-    pts = branch_points(positions(), s)
+    s = BranchConfig(top_k=2, lowest_k=1, max_branches=8)
+    pts = branch_points(positions(), s, skip_special={2})
     # position 1 diverges (alternatives 21, 22); position 1 is also the least likely gold
     # token, so lowest_k=1 adds nothing else.
     assert [(p.index, p.token_id) for p in pts] == [(1, 21), (1, 22)]
-    s2 = BranchSettings(top_k=2, lowest_k=2, max_branches=8, skip_special=frozenset({2}))
-    pts2 = branch_points(positions(), s2)
+    s2 = BranchConfig(top_k=2, lowest_k=2, max_branches=8)
+    pts2 = branch_points(positions(), s2, skip_special={2})
     # + position 2 (second least likely); its eos alternative is skipped.
     assert [(p.index, p.token_id) for p in pts2] == [(1, 21), (1, 22), (2, 31)]
     assert all(p.token_id != positions()[p.index].gold_id for p in pts2)
 
 
 def test_branch_cap_keeps_the_alternatives_the_policy_likes_most():
-    s = BranchSettings(top_k=2, lowest_k=4, max_branches=2)
+    s = BranchConfig(top_k=2, lowest_k=4, max_branches=2)
     pts = branch_points(positions(), s)
     assert len(pts) == 2
     assert {(p.index, p.token_id) for p in pts} == {(1, 21), (2, 31)}
@@ -82,4 +83,4 @@ def test_branch_cap_keeps_the_alternatives_the_policy_likes_most():
 
 def test_branch_settings_are_validated():
     with pytest.raises(ValueError):
-        BranchSettings(top_k=0)
+        BranchConfig(top_k=0)

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
+from ttpa_ray.config import SampleConfig
 from ttpa_ray.engines.base import EngineError
 from ttpa_ray.engines.hf_engine import ContextLengthError, HFEngine
 from ttpa_ray.sample.candidates import candidate_key
-from ttpa_ray.sample.hf_sampler import HFSampler, SampleSettings
+from ttpa_ray.sample.hf_sampler import HFSampler
 from ttpa_ray.sample.pairs import ScoredCandidate, pair_rows
-from ttpa_ray.sample.turns import episode_turns
+from ttpa_ray.schema.turns import episode_turns
 from ttpa_ray.score.esm import esm_score
 from ttpa_ray.train.data import pair_example
 
@@ -31,7 +32,7 @@ def turns(episode_rows):
 def test_branch_pairs_share_the_prefix_and_differ_at_the_branch_token(
     engine, turns, tiny_model_dir
 ):
-    sampler = HFSampler(engine, SampleSettings(max_tokens=48))
+    sampler = HFSampler(engine, SampleConfig(max_tokens=48))
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     checked = 0
     for turn in turns:
@@ -65,8 +66,8 @@ def test_kv_reuse_gives_the_same_candidates_as_naive_branching(tiny_model_dir, t
     # float64 so that the two computation orders cannot flip a near-tie argmax
     engine = HFEngine(tiny_model_dir)
     engine.model = engine.model.double()
-    reuse = HFSampler(engine, SampleSettings(max_tokens=40, kv_reuse=True))
-    naive = HFSampler(engine, SampleSettings(max_tokens=40, kv_reuse=False))
+    reuse = HFSampler(engine, SampleConfig(max_tokens=40, kv_reuse=True))
+    naive = HFSampler(engine, SampleConfig(max_tokens=40, kv_reuse=False))
     for turn in turns[:3]:
         a, b = reuse.branch(turn), naive.branch(turn)
         assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
@@ -80,10 +81,10 @@ def test_kv_reuse_gives_the_same_candidates_as_naive_branching(tiny_model_dir, t
 
 
 def test_n_sample_is_seeded_and_counts_tokens(engine, turns):
-    s = SampleSettings(n=4, temperature=1.0, max_tokens=24, seed=7)
+    s = SampleConfig(n=4, temperature=1.0, max_tokens=24, seed=7)
     a = HFSampler(engine, s).n_sample(turns[0])
     b = HFSampler(engine, s).n_sample(turns[0])
-    c = HFSampler(engine, SampleSettings(n=4, temperature=1.0, max_tokens=24, seed=8)).n_sample(
+    c = HFSampler(engine, SampleConfig(n=4, temperature=1.0, max_tokens=24, seed=8)).n_sample(
         turns[0]
     )
     assert [x.text for x in a.candidates] == [x.text for x in b.candidates]
@@ -96,7 +97,7 @@ def test_n_sample_is_seeded_and_counts_tokens(engine, turns):
 
 
 def test_both_modes_and_unknown_mode(engine, turns):
-    sampler = HFSampler(engine, SampleSettings(n=2, max_tokens=16))
+    sampler = HFSampler(engine, SampleConfig(n=2, max_tokens=16))
     got = sampler.sample(turns[0], "both")
     sources = {c.source for c in got.candidates}
     assert sources == {"n_sample", "branch"}
@@ -107,7 +108,7 @@ def test_both_modes_and_unknown_mode(engine, turns):
 
 def test_no_decoding_past_the_context_and_no_truncation(tiny_model_dir, turns, monkeypatch):
     engine = HFEngine(tiny_model_dir)
-    sampler = HFSampler(engine, SampleSettings(n=2, temperature=1.0, max_tokens=48))
+    sampler = HFSampler(engine, SampleConfig(n=2, temperature=1.0, max_tokens=48))
     turn = turns[0]
     prompt, gold = sampler.prompt_ids(turn), sampler.gold_ids(turn)
     caps: list[Any] = []

@@ -13,8 +13,8 @@ from ttpa_ray.sample.pairs import (
     to_sharegpt,
     to_trl,
 )
-from ttpa_ray.sample.turns import episode_turns
 from ttpa_ray.schema.records import PAIR_SCHEMA, PreferencePair
+from ttpa_ray.schema.turns import episode_turns
 
 
 def sc(text: str, score: float, source: str = "n_sample", **kw) -> ScoredCandidate:

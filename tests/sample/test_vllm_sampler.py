@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from ttpa_ray.config import SampleConfig
+from ttpa_ray.config import BranchConfig, SampleConfig
 from ttpa_ray.construct.schema_teacher import build_episode
+from ttpa_ray.engines.base import eos_ids
 from ttpa_ray.sample import tokens
 from ttpa_ray.sample import vllm_rows as vr
 from ttpa_ray.sample import vllm_sampler as vs
-from ttpa_ray.sample.branch import BranchSettings
-from ttpa_ray.sample.turns import SAMPLED_SCHEMA, Turn, episode_turns
+from ttpa_ray.sample.branch import top_width
+from ttpa_ray.schema.turns import SAMPLED_SCHEMA, Turn, episode_turns
 from ttpa_ray.tools.catalog import load_builtin
 
 TOOLS = load_builtin().tools
@@ -52,7 +53,7 @@ def config(model_dir: Path, **kw: Any) -> SampleConfig:
 
 def tok_eos(model_dir: Path) -> tuple[Any, frozenset[int], int]:
     tok, eos = vs._tokenizer(str(model_dir)), vs._eos(str(model_dir))
-    return tok, eos, vr.logprobs_k(2, vs._skip_special(str(model_dir)))
+    return tok, eos, top_width(BranchConfig(top_k=2), vs._skip_special(str(model_dir)))
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -215,11 +216,14 @@ def gold_output_row(cfg: SampleConfig, **kw: Any) -> dict[str, Any]:
 
 
 def test_expand_gold_row_into_branch_and_sample_requests():
-    settings = BranchSettings(top_k=2, lowest_k=0, max_branches=4, skip_special=frozenset({4}))
-    cfg = SampleConfig(engine="vllm", policy="p", mode="branch", max_tokens=6, seed=1)
+    branch = BranchConfig(top_k=2, lowest_k=0, max_branches=4)
+    cfg = SampleConfig(
+        engine="vllm", policy="p", mode="branch", max_tokens=6, seed=1, branch=branch
+    )
+    skip = {4}
     out = gold_output_row(cfg)
     assert out["prompt_logprobs"] is None and json.loads(out["_result"])["logprob"] == -0.5
-    rows = vr.expand_gold_row(out, cfg, settings, [0])
+    rows = vr.expand_gold_row(out, cfg, skip, [0])
     # the one divergent position (gold 0): alternative 9 (4 is special)
     assert [(r["_kind"], r["_branch_index"]) for r in rows] == [("branch", 0)]
     assert json.loads(rows[0]["_ids"]) == [1, 3, 9] and json.loads(rows[0]["_prefix"]) == [9]
@@ -227,7 +231,7 @@ def test_expand_gold_row_into_branch_and_sample_requests():
     assert params["temperature"] == 0.0 and params["max_tokens"] == 5
     assert rows[0]["_forward"] == 4 + 1 and rows[0]["_prefix_logprob"] == -0.5
 
-    both = vr.expand_gold_row(out, cfg.model_copy(update={"mode": "both", "n": 2}), settings, [0])
+    both = vr.expand_gold_row(out, cfg.model_copy(update={"mode": "both", "n": 2}), skip, [0])
     assert [r["_kind"] for r in both] == ["n_sample", "n_sample", "branch"]
     assert json.loads(both[0]["_ids"]) == [1, 3] and both[0]["_forward"] == 5
     assert both[1]["_forward"] == 0 and json.loads(both[1]["_params"])["seed"] == 2
@@ -238,21 +242,19 @@ def test_expand_gold_row_into_branch_and_sample_requests():
             cfg, prompt_logprobs=[None, {3: lp(-0.1, 1)}, {5: lp(-0.1, 1)}, {6: lp(-0.1, 1)}]
         ),
         cfg,
-        settings,
+        skip,
         [0],
     )
     assert [(r["_kind"], r["_quarantine_reason"], r["_forward"]) for r in none] == [
         ("idle", None, 5)
     ]
 
-    err = vr.expand_gold_row(
-        {**out, "__inference_error__": "OOM", "_result": ""}, cfg, settings, [0]
-    )
+    err = vr.expand_gold_row({**out, "__inference_error__": "OOM", "_result": ""}, cfg, skip, [0])
     assert err[0]["_kind"] == "idle" and err[0]["_quarantine_reason"] == (
         "engine_error: gold request 0: OOM"
     )
     broken = gold_output_row(cfg, prompt_logprobs=PLP_INT[:3])
-    (q,) = vr.expand_gold_row(broken, cfg, settings, [0])
+    (q,) = vr.expand_gold_row(broken, cfg, skip, [0])
     assert q["_quarantine_reason"].startswith("bad_prompt_logprobs:")
 
 
@@ -306,9 +308,7 @@ class ScriptedVLLM:
 
         torch.set_num_threads(1)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-        self.eos = set(
-            tokens.eos_ids(vs._tokenizer(model_dir), self.model.generation_config.eos_token_id)
-        )
+        self.eos = set(eos_ids(vs._tokenizer(model_dir), self.model.generation_config.eos_token_id))
         self.fail = fail
 
     def logprobs(self, ids: list[int]) -> Any:
@@ -425,7 +425,7 @@ def run(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     import pyarrow as pa
 
-    from ttpa_ray.sample.turns import TURN_SCHEMA
+    from ttpa_ray.schema.turns import TURN_SCHEMA
 
     calls: list[str] = []
     ds = ray_local.data.from_arrow(pa.Table.from_pylist(rows, schema=TURN_SCHEMA))
@@ -504,10 +504,7 @@ def test_both_modes_through_ray_data_llm(ray_local, model_dir, turn_rows):
 def hf_branches(model_dir: Path, cfg: SampleConfig, turn: Turn) -> list[Any]:
     from ttpa_ray.engines.hf_engine import HFEngine
     from ttpa_ray.sample.candidates import dedupe
-    from ttpa_ray.sample.hf_sampler import HFSampler, SampleSettings
+    from ttpa_ray.sample.hf_sampler import HFSampler
 
-    b = cfg.branch
-    settings = SampleSettings(
-        max_tokens=cfg.max_tokens, branch=BranchSettings(b.top_k, b.lowest_k, b.max_branches)
-    )
+    settings = SampleConfig(max_tokens=cfg.max_tokens, branch=cfg.branch)
     return dedupe(HFSampler(HFEngine(model_dir), settings).branch(turn).candidates)

@@ -20,16 +20,14 @@ from ttpa_ray.schema.tool_call_text import (
     render_tool_calls,
 )
 from ttpa_ray.tools.catalog import load_builtin
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir, render_chat
+from ttpa_ray.train.tiny import render_chat
 
 TOOLS = [t.to_openai() for t in load_builtin().tools[:5]]
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Any:
-    out = create_tiny_model_dir(
-        catalog_texts(TOOLS, examples_per_tool=1), tmp_path_factory.mktemp("tiny")
-    )
+def tok(tiny_model) -> Any:
+    out = tiny_model
     assert "response_template" in json.loads((Path(out) / "tokenizer_config.json").read_text())
     return AutoTokenizer.from_pretrained(out, local_files_only=True)
 

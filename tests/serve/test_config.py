@@ -116,3 +116,19 @@ def test_one_lora_parser_for_the_cli_and_jobs(tmp_path):
 
     got = lora_adapters(["a1=/x/one", "/y/two/", "z=/w"], {"old": "/o", "z": "/before"})
     assert got == {"old": "/o", "a1": "/x/one", "two": "/y/two/", "z": "/w"}
+
+
+def test_one_resolution_of_the_served_model_for_the_cli_and_jobs():
+    """`deploy.serve_settings` is what `ttpa-ray serve` and `jobs.serve` both call: given
+    settings over the config's, else the run dir's model; validated as the YAML is."""
+    from ttpa_ray.serve.deploy import serve_settings
+
+    base = ServeConfig(model="/cfg/model", adapters={"old": "/o"})
+    assert serve_settings(base, {"model": None, "port": None}) == base
+    cfg = serve_settings(base, {"model": "/m", "port": 9000}, ["/a/new"], run_dir="/run")
+    assert (cfg.model, cfg.port, cfg.adapters) == ("/m", 9000, {"old": "/o", "new": "/a/new"})
+    assert serve_settings(base, run_dir="/run").model == "/cfg/model"  # the config's first
+    assert serve_settings(ServeConfig(), run_dir="/run", which="sft").model == "/run/sft/model"
+    assert serve_settings(ServeConfig()).model is None  # the caller says what is missing
+    with pytest.raises(ValueError, match="adapter name 'a:b'"):
+        serve_settings(base, lora=["a:b=/x"])

@@ -17,7 +17,7 @@ from ttpa_ray.config import SampleConfig
 from ttpa_ray.engines.base import ChatRequest as EngineRequest
 from ttpa_ray.engines.hf_engine import HFEngine
 from ttpa_ray.sample.openai_sampler import OpenAISampler
-from ttpa_ray.sample.turns import Turn
+from ttpa_ray.schema.turns import Turn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -11,7 +12,14 @@ import pytest
 
 from ttpa_ray.schema.io import read_rows
 from ttpa_ray.schema.validate import argument_errors
-from ttpa_ray.tools.catalog import load_bfcl, load_builtin, load_file, write_catalog
+from ttpa_ray.tools.catalog import (
+    catalog_tools,
+    load_bfcl,
+    load_builtin,
+    load_catalog,
+    load_file,
+    write_catalog,
+)
 
 GOOD = {
     "type": "function",
@@ -112,6 +120,31 @@ def test_bfcl_catalog_keeps_entries_and_every_definition():
         lines = [x for x in bfcl.category_file(category).read_text().splitlines() if x.strip()]
         assert per_cat[category] == len(lines)
     assert all(t.domain == "bfcl" for t in cat.tools)
+
+
+def test_load_catalog_picks_the_loader_its_source_names(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([GOOD]))
+    assert [t.name for t in load_catalog(str(path)).tools] == ["ping_host"]
+    assert load_catalog("builtin").openai() == load_builtin().openai()
+    simple = load_catalog("bfcl", ["simple_python"])
+    assert {e.category for e in simple.extra["entries"]} == {"simple_python"}
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_catalog(str(tmp_path / "missing.json"))
+
+
+def test_catalog_tools_keeps_the_valid_tools_and_refuses_an_empty_catalog(tmp_path, caplog):
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([GOOD, "not a tool"]))
+    with caplog.at_level(logging.WARNING, logger="ttpa_ray"):
+        tools = catalog_tools(str(mixed))
+    assert [t.name for t in tools] == ["ping_host"]
+    assert "1 invalid tool(s) skipped" in caplog.text
+    assert catalog_tools(str(mixed)) is tools  # loaded once per process
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(["not a tool"]))
+    with pytest.raises(ValueError, match=r"has no valid tools: 1 invalid, e\.g\. .*'<root>'"):
+        catalog_tools(str(bad))
 
 
 @pytest.mark.e2e

@@ -10,12 +10,12 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from ttpa_ray.config import TrainConfig
+from ttpa_ray.config import DPOConfig, TrainConfig
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.data import collate_pairs
 from ttpa_ray.train.export import export_model, lora_model
 from ttpa_ray.train.logprobs import concat_logps
-from ttpa_ray.train.objectives import AdapterDisabled, DPOSettings, dpo_loss, precompute_reference
+from ttpa_ray.train.objectives import AdapterDisabled, dpo_loss, precompute_reference
 from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 CFG = TrainConfig.model_validate(
@@ -105,7 +105,7 @@ def test_adapter_disabled_reference_matches_the_precomputed_one(model_dir):
     precompute_reference(base, examples, tok.pad_token_id)
     policy = trained_lora(model_dir)  # LoRA leaves the base weights as they were
     batch = collate_pairs(examples, tok.pad_token_id)
-    settings = DPOSettings(loss_type="sigmoid", beta=0.3)
+    settings = DPOConfig(loss_type="sigmoid", beta=0.3)
     with torch.no_grad():
         pre, _ = dpo_loss(policy, batch, settings)
         live = {k: v for k, v in batch.items() if not k.startswith("ref_")}

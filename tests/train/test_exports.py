@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,20 +14,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.schema.tool_call_text import render_tool_calls
-from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.export import EXPORT_INFO, export_model, lora_model, portable_base_name
-from ttpa_ray.train.tiny import RESPONSE_TEMPLATE, catalog_texts, create_tiny_model_dir
+from ttpa_ray.train.tiny import RESPONSE_TEMPLATE
 
 LORA = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}
 CFG = TrainConfig.model_validate({"lora": LORA, "export": "adapter"})
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    tools = [t.to_openai() for t in load_builtin().tools[:10]]
-    return create_tiny_model_dir(
-        catalog_texts(tools, examples_per_tool=1), tmp_path_factory.mktemp("bases") / "tiny-base"
-    )
+def model_dir(tmp_path_factory, tiny_model) -> Path:
+    # a copy under another name: the exports record the base by its directory name
+    out = tmp_path_factory.mktemp("bases") / "tiny-base"
+    shutil.copytree(tiny_model, out)
+    return out
 
 
 def trained(model_dir: Path):

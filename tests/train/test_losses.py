@@ -42,7 +42,7 @@ def test_esm_weighted_scales_the_sigmoid_loss_by_the_score_margin():
     losses, _, _ = get_loss("esm_weighted")(PC, PR, RC, RR, beta=0.5, weights=w[:1])
     assert losses.item() == pytest.approx(0.625 * softplus(-1.0))
     with pytest.raises(ValueError, match="weights"):
-        get_loss("esm_weighted")(PC, PR, RC, RR)
+        get_loss("esm_weighted")(PC, PR, RC, RR, beta=0.5)
     with pytest.raises(ValueError, match="floor"):
         esm_weights(torch.tensor([1.0]), torch.tensor([0.0]), floor=1.5)
 

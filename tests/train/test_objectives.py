@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import torch
+from synthetic_pairs import perturbed_pair_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ttpa_ray.config import DPOConfig
 from ttpa_ray.construct.schema_teacher import build_episode
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.data import (
@@ -22,8 +24,8 @@ from ttpa_ray.train.data import (
     sft_example,
     sft_turn_examples,
 )
-from ttpa_ray.train.objectives import DPOSettings, dpo_loss, precompute_reference, sft_loss
-from ttpa_ray.train.synthetic import perturbed_pair_rows
+from ttpa_ray.train.losses import LOSSES, get_loss
+from ttpa_ray.train.objectives import dpo_loss, precompute_reference, sft_loss
 
 TOOLS = load_builtin().tools
 
@@ -121,7 +123,7 @@ def test_dpo_learns_the_pairs_with_precomputed_reference(model_dir, tokenizer):
         copy.deepcopy(model), pairs(tokenizer, 16), tokenizer.pad_token_id
     )
     batch = collate_pairs(examples, tokenizer.pad_token_id)
-    settings = DPOSettings(loss_type="sigmoid", beta=0.5)
+    settings = DPOConfig(loss_type="sigmoid", beta=0.5)
     loss0, m0 = dpo_loss(model, batch, settings)
     # policy == reference at the start: every log-ratio is 0 and the loss is ln 2
     assert loss0.item() == pytest.approx(math.log(2), abs=1e-5)
@@ -140,7 +142,7 @@ def test_precomputed_reference_is_really_used(model_dir, tokenizer):
     model = copy.deepcopy(reference).train()
     examples = precompute_reference(reference, pairs(tokenizer, 6), tokenizer.pad_token_id)
     batch = collate_pairs(examples, tokenizer.pad_token_id)
-    settings = DPOSettings(loss_type="ipo", beta=0.5)
+    settings = DPOConfig(loss_type="ipo", beta=0.5)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for _ in range(3):
         loss, _ = dpo_loss(model, batch, settings)
@@ -165,9 +167,13 @@ def test_precomputed_reference_is_really_used(model_dir, tokenizer):
 
 def test_settings_validation():
     with pytest.raises(ValueError, match="valid: sigmoid"):
-        DPOSettings(loss_type="nope")
+        get_loss("nope")
+    with pytest.raises(ValueError, match="'sigmoid'"):
+        DPOConfig(loss_type="nope")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="beta"):
-        DPOSettings(beta=0)
+        DPOConfig(beta=0)
+    # the config admits exactly the losses there are
+    assert set(get_args(DPOConfig.model_fields["loss_type"].annotation)) == set(LOSSES)
 
 
 def test_packed_sft_equals_padded_sft(model_dir, tokenizer):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from ttpa_ray.config import TrainConfig
+from ttpa_ray.config import TinyShape, TrainConfig
 from ttpa_ray.construct.schema_teacher import build_episode
-from ttpa_ray.sample.turns import OMITTED, episode_turns
+from ttpa_ray.schema.turns import OMITTED, episode_turns
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.data import IGNORE, sft_turn_examples, turn_prompt_ids
-from ttpa_ray.train.tiny import TinyModelConfig, catalog_texts, create_tiny_model_dir
+from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 from ttpa_ray.train.trainer import prepare_examples
 
 TOOLS = load_builtin().tools
@@ -20,9 +20,7 @@ TOOLS = load_builtin().tools
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1, template="compact")
-    d = create_tiny_model_dir(
-        texts, tmp_path_factory.mktemp("tiny"), TinyModelConfig(template="compact")
-    )
+    d = create_tiny_model_dir(texts, tmp_path_factory.mktemp("tiny"), TinyShape(template="compact"))
     return AutoTokenizer.from_pretrained(d, local_files_only=True)
 
 

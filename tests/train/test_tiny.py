@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ttpa_ray.config import TinyShape
 from ttpa_ray.schema.tool_call_text import (
     canonicalize_messages,
     parse_tool_calls,
@@ -23,7 +24,6 @@ from ttpa_ray.train.tiny import (
     PAD_TOKEN,
     SPECIAL_TOKENS,
     TOOL_TOKENS,
-    TinyModelConfig,
     build_tiny_model,
     catalog_texts,
     create_tiny_model_dir,
@@ -122,7 +122,7 @@ TOOLS: list[dict[str, Any]] = [
     },
 ]
 
-SMALL = TinyModelConfig(vocab_size=512, seed=0)
+SMALL = TinyShape(vocab_size=512, seed=0)
 
 # system, user, assistant with two parallel calls, two tool results, assistant whose
 # one call has `arguments` as a (canonical) JSON string, tool result, final answer.
@@ -437,7 +437,7 @@ def test_catalog_texts_cover_format():
 # --- model ----------------------------------------------------------------------------------
 
 
-def _expected_params(cfg: TinyModelConfig, vocab: int) -> int:
+def _expected_params(cfg: TinyShape, vocab: int) -> int:
     h, kv_dim = cfg.hidden_size, cfg.hidden_size // cfg.num_heads * cfg.num_kv_heads
     per_layer = 2 * h * h + 2 * h * kv_dim + 3 * h * cfg.intermediate_size + 2 * h
     return vocab * h + cfg.num_layers * per_layer + h
@@ -450,7 +450,7 @@ def test_param_count(tokenizer):
     assert model.config.tie_word_embeddings
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     # The default config at the full 2048 vocabulary stays in the 0.5-1M range.
-    assert 500_000 <= _expected_params(TinyModelConfig(), 2048) <= 1_000_000
+    assert 500_000 <= _expected_params(TinyShape(), 2048) <= 1_000_000
 
 
 def test_build_is_seeded_and_leaves_global_rng(tokenizer):
@@ -461,7 +461,7 @@ def test_build_is_seeded_and_leaves_global_rng(tokenizer):
     after = torch.rand(3)
     assert torch.equal(before, after)
     b = build_tiny_model(tokenizer, SMALL)
-    c = build_tiny_model(tokenizer, TinyModelConfig(vocab_size=512, seed=1))
+    c = build_tiny_model(tokenizer, TinyShape(vocab_size=512, seed=1))
     for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb)
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)

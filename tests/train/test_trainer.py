@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from synthetic_pairs import perturbed_pair_rows
 from transformers import AutoModelForCausalLM
 
 from ttpa_ray.config import TrainConfig
@@ -17,7 +18,6 @@ from ttpa_ray.schema.io import read_rows, write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA, PAIR_SCHEMA
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.logprobs import concat_logps
-from ttpa_ray.train.synthetic import perturbed_pair_rows
 from ttpa_ray.train.trainer import run_training
 
 TOOLS = load_builtin().tools

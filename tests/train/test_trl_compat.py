@@ -15,9 +15,8 @@ import torch
 from ttpa_ray.construct.schema_teacher import build_episode
 from ttpa_ray.sample.candidates import Candidate
 from ttpa_ray.sample.pairs import ScoredCandidate, pair_rows, to_trl
-from ttpa_ray.sample.turns import episode_turns
+from ttpa_ray.schema.turns import episode_turns
 from ttpa_ray.tools.catalog import load_builtin
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 trl = pytest.importorskip("trl", reason="TRL not installed (pip install trl)")
 datasets = pytest.importorskip("datasets", reason="datasets not installed (TRL requires it)")
@@ -40,11 +39,10 @@ def write_trl_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_dpo_trainer_runs_two_steps_on_trl_jsonl(tmp_path):
+def test_dpo_trainer_runs_two_steps_on_trl_jsonl(tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1)
-    model_dir = create_tiny_model_dir(texts, tmp_path / "tiny")
+    model_dir = tiny_model
     written = write_trl_jsonl(tmp_path / "trl.jsonl")
     assert len(written) >= 4
     dataset = datasets.load_dataset("json", data_files=str(tmp_path / "trl.jsonl"), split="train")

@@ -12,15 +12,11 @@ not write is ever deleted (see `ttpa_ray/outdir.py`).
 from __future__ import annotations
 
 import logging
-import sys
-from typing import Any
 
-from ttpa_ray.cli.errors import USER_ERRORS, UsageError, error_text
+from ttpa_ray.cli.errors import UsageError, exit_code
 from ttpa_ray.cli.parser import build_parser
 
 __all__ = ["UsageError", "build_parser", "main"]
-
-log = logging.getLogger("ttpa_ray")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +26,4 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     prog = " ".join(w for w in ("ttpa-ray", args.command, getattr(args, "tools_command", "")) if w)
-    try:
-        result: Any = args.func(args)
-    except USER_ERRORS as e:
-        log.debug("%s failed", prog, exc_info=True)  # -v: the traceback, for a bug report
-        print(f"{prog}: error: {error_text(e)}", file=sys.stderr)
-        return 2
-    return int(result or 0)
+    return exit_code(lambda: args.func(args), f"{prog}: error:")

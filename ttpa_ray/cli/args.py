@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ttpa_ray.cli.errors import UsageError, error_text
 from ttpa_ray.storage import is_uri
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -62,14 +65,39 @@ def load_config_arg(args: argparse.Namespace) -> Any:
 
 
 def override(cfg: Any, updates: dict[str, Any], section: str) -> Any:
-    """`cfg` with the command line's `updates`, validated exactly as the YAML is."""
-    from pydantic import ValidationError
+    """`config.apply_overrides`, a bad value reported as a usage error."""
+    from ttpa_ray.config import apply_overrides
 
-    from ttpa_ray.config import describe
-
-    if not updates:
-        return cfg
     try:
-        return type(cfg).model_validate({**cfg.model_dump(), **updates})
-    except ValidationError as e:
-        raise UsageError(f"invalid {section} settings:\n  {describe(e, section + '.')}") from None
+        return apply_overrides(cfg, updates, section)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def config_field(path: str) -> FieldInfo:
+    """The `Config` field at dotted `path` (`construct.teacher.kind`)."""
+    from ttpa_ray.config import Config
+
+    *sections, name = path.split(".")
+    model: Any = Config
+    for section in sections:
+        model = model.model_fields[section].annotation
+    return cast("FieldInfo", model.model_fields[name])
+
+
+def field_default(path: str) -> Any:
+    """The default of the config field at `path`, for a flag that sets it outright."""
+    return config_field(path).get_default(call_default_factory=True)
+
+
+def field_help(path: str, note: str = "") -> str:
+    """A flag's help from the config field it sets (`sample.n`): the field's description,
+    `note` (what only the flag does), its YAML key and default; each written once, in
+    `config.py`. A default of None or empty is left out (the description says what it
+    means where it matters)."""
+    field = config_field(path)
+    default = field_default(path)
+    text = "; ".join(part for part in (field.description, note) if part)
+    where = path if default is None or default in ({}, []) else f"{path}, default {default}"
+    # argparse %-formats help text
+    return f"{text} (config: {where})".lstrip().replace("%", "%%")

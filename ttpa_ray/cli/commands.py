@@ -39,16 +39,10 @@ def cmd_tools_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_tools_import(args: argparse.Namespace) -> int:
-    from ttpa_ray.tools.catalog import load_bfcl, load_builtin, load_file, write_catalog
+    from ttpa_ray.tools.catalog import load_catalog, write_catalog
 
     source = args.source
-    if source == "builtin":
-        cat = load_builtin()
-    elif source == "bfcl":
-        cats = args.categories.split(",") if args.categories else None
-        cat = load_bfcl(cats)
-    else:
-        cat = load_file(source)
+    cat = load_catalog(source, args.categories.split(",") if args.categories else None)
     claim_out_dir(args.out, "tools import", overwrite=args.overwrite)
     counts = write_catalog(cat, args.out, config={"from": source, "categories": args.categories})
     print(
@@ -84,10 +78,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from ttpa_ray.config import TinyShape
     from ttpa_ray.tools.catalog import load_builtin
-    from ttpa_ray.train.tiny import TinyModelConfig, catalog_texts, create_tiny_model_dir
+    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
-    cfg = TinyModelConfig(
+    cfg = TinyShape(
         vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
         num_layers=args.layers,
@@ -103,6 +98,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 def cmd_construct(args: argparse.Namespace) -> int:
     from ttpa_ray.construct.stage import run_construct
+    from ttpa_ray.tools.catalog import NAMED_SOURCES
 
     cfg = load_config_arg(args).construct
     updates: dict[str, Any] = {
@@ -120,9 +116,9 @@ def cmd_construct(args: argparse.Namespace) -> int:
         if v is not None
     }
     if teacher:
-        updates["teacher"] = {**cfg.teacher.model_dump(), **teacher}
+        updates["teacher"] = teacher  # merged into the configured teacher key by key
     cfg = override(cfg, updates, "construct")
-    if cfg.catalog not in ("builtin", "bfcl"):
+    if cfg.catalog not in NAMED_SOURCES:
         need_input(cfg.catalog, "construct.catalog")
     claim_out_dir(args.out, "construct", overwrite=args.overwrite)
     manifest = run_construct(cfg, args.out)
@@ -189,21 +185,19 @@ def check_env_name(name: str, source: str) -> None:
 
 def serve_config_from_args(args: argparse.Namespace) -> Any:
     """The `serve` section of `--config`, with the command line's overrides."""
-    cfg = load_config_arg(args).serve
-    updates: dict[str, Any] = {}
-    keys = ("model", "model_id", "host", "port", "backend", "max_ongoing_requests", "api_key_env")
-    for key in keys:
-        if getattr(args, key, None) is not None:
-            updates[key] = getattr(args, key)
-    if updates.get("api_key_env") is not None:
-        check_env_name(updates["api_key_env"], "--api-key-env")
-    if args.lora:
-        from ttpa_ray.serve.deploy import lora_adapters
+    from ttpa_ray.serve.deploy import serve_settings
 
-        updates["adapters"] = lora_adapters(args.lora, cfg.adapters)
+    cfg = load_config_arg(args).serve
+    keys = ("model", "model_id", "host", "port", "backend", "max_ongoing_requests", "api_key_env")
+    updates: dict[str, Any] = {key: getattr(args, key, None) for key in keys}
+    if updates["api_key_env"] is not None:
+        check_env_name(updates["api_key_env"], "--api-key-env")
     if getattr(args, "no_batching", False):
         updates["batching"] = False
-    return override(cfg, updates, "serve")
+    try:
+        return serve_settings(cfg, updates, lora=args.lora)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def read_api_key(

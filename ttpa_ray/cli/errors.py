@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Callable
+
 import yaml
 
 from ttpa_ray.outdir import OutDirError
+
+log = logging.getLogger("ttpa_ray")
 
 
 class UsageError(Exception):
@@ -60,3 +66,15 @@ def error_text(e: BaseException) -> str:
     if isinstance(e, FileNotFoundError) and text and " " not in text:
         text = f"not found: {text}"  # a bare path, as pyarrow and Ray raise it
     return one_line(text or type(e).__name__)
+
+
+def exit_code(run: Callable[[], int | None], prefix: str) -> int:
+    """`run()`'s exit code (None: 0), for the CLI and the cluster jobs alike: a user error
+    is one `prefix` line on stderr (what `ray job logs` shows too) and exit code 2."""
+    try:
+        result = run()
+    except USER_ERRORS as e:
+        log.debug("%s", prefix, exc_info=True)  # -v: the traceback, for a bug report
+        print(f"{prefix} {error_text(e)}", file=sys.stderr, flush=True)
+        return 2
+    return int(result or 0)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from ttpa_ray.cli.args import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
+from ttpa_ray.cli.args import (
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    field_default,
+    field_help,
+)
 from ttpa_ray.cli.commands import (
     EXPORT_FORMATS,
     cmd_construct,
@@ -24,8 +31,9 @@ from ttpa_ray.cli.commands import (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments as one line (argparse prints the whole usage first)."""
+class Parser(argparse.ArgumentParser):
+    """Bad arguments as one line (argparse prints the whole usage first); `ttpa-ray` and
+    the cluster jobs alike."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -35,6 +43,10 @@ def _overwrite_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=what)
 
 
+# `ttpa-ray serve` and `jobs.serve` read --lora alike (`serve.deploy.lora_adapters`)
+LORA_HELP = field_help(
+    "serve.adapters", "--lora NAME=DIR (or a DIR, named after itself) adds one; repeatable"
+)
 OVERWRITE_DIR = (
     "also write into a non-empty --out that ttpa-ray did not create (its files stay; files "
     "named like the outputs are replaced)"
@@ -42,7 +54,7 @@ OVERWRITE_DIR = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="ttpa-ray",
         description="ttpa-ray: tool schemas in, a better tool-calling LLM out (TTPA on Ray).",
     )
@@ -106,29 +118,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tiny-model", help="build an untrained tiny model + BPE tokenizer dir")
     t.add_argument("--out", required=True)
-    t.add_argument("--vocab-size", type=POSITIVE_INT, default=2048)
-    t.add_argument("--hidden-size", type=POSITIVE_INT, default=128)
-    t.add_argument("--layers", type=POSITIVE_INT, default=2)
-    t.add_argument("--seed", type=int, default=0)
+    # the pipeline's tiny shape: its defaults and descriptions, written once
+    for flag, field, kind in (
+        ("--vocab-size", "vocab_size", POSITIVE_INT),
+        ("--hidden-size", "hidden_size", POSITIVE_INT),
+        ("--layers", "num_layers", POSITIVE_INT),
+        ("--seed", "seed", int),
+    ):
+        path = f"pipeline.tiny.{field}"
+        t.add_argument(flag, type=kind, default=field_default(path), help=field_help(path))
     t.add_argument(
         "--template",
         choices=("hermes", "compact"),
-        default="hermes",
-        help="chat template: tools as JSON schemas (hermes) or one line each (compact)",
+        default=field_default("pipeline.tiny.template"),
+        help=field_help("pipeline.tiny.template"),
     )
     _overwrite_flag(t, OVERWRITE_DIR)
     t.set_defaults(func=cmd_tiny_model)
 
     c = sub.add_parser("construct", help="reversed dataset construction on Ray Data (resumable)")
     c.add_argument("--config", help="YAML config (default: built-in defaults)")
-    c.add_argument("--catalog", help="builtin | bfcl | a tools FILE (overrides the config)")
-    c.add_argument("--n", type=int, help="number of episodes (overrides the config)")
-    c.add_argument("--workers", type=int, help="Ray Data workers per step (overrides the config)")
+    c.add_argument("--catalog", help=field_help("construct.catalog"))
+    c.add_argument("--n", type=int, help=field_help("construct.n_episodes"))
+    c.add_argument("--workers", type=int, help=field_help("construct.workers"))
     c.add_argument(
-        "--teacher", choices=["schema", "hf", "vllm", "openai"], help="teacher kind (overrides)"
+        "--teacher",
+        choices=["schema", "hf", "vllm", "openai"],
+        help=field_help("construct.teacher.kind"),
     )
-    c.add_argument("--teacher-model", help="teacher model dir (hf, vllm) or name (openai)")
-    c.add_argument("--base-url", help="openai teacher: endpoint, e.g. http://127.0.0.1:8000/v1")
+    c.add_argument("--teacher-model", help=field_help("construct.teacher.model"))
+    c.add_argument("--base-url", help=field_help("construct.teacher.base_url"))
     c.add_argument("--out", required=True, help="output directory (re-running resumes)")
     _overwrite_flag(c, OVERWRITE_DIR)
     c.set_defaults(func=cmd_construct)
@@ -146,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="output dir: model/, metrics.jsonl, ray/ (checkpoints; TensorBoard events in "
         "ray/tensorboard)",
     )
-    tr.add_argument("--workers", type=int, help="Ray Train workers (overrides the config)")
-    tr.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
+    tr.add_argument("--workers", type=int, help=field_help("train.workers"))
+    tr.add_argument("--max-steps", type=int, help=field_help("train.max_steps"))
     _overwrite_flag(tr, OVERWRITE_DIR)
     tr.set_defaults(func=cmd_train)
 
@@ -155,28 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="TPS: candidates at every tool-call turn, ESM, pairs (resumable)"
     )
     sm.add_argument("--config", help="YAML config (its `sample` section)")
-    sm.add_argument(
-        "--policy", required=True, help="policy model dir (hf, vllm) or endpoint URL (openai)"
-    )
+    sm.add_argument("--policy", required=True, help=field_help("sample.policy"))
     sm.add_argument(
         "--episodes",
         required=True,
         help="construct out dir (its episodes/<split>.parquet) or Parquet",
     )
-    sm.add_argument("--mode", choices=["n_sample", "branch", "both"])
     sm.add_argument(
-        "--engine", choices=["hf", "vllm", "openai"], help="default: hf, openai for a URL"
+        "--mode", choices=["n_sample", "branch", "both"], help=field_help("sample.mode")
     )
-    sm.add_argument("--model", help="openai: the served model's name")
-    sm.add_argument("--n", type=int, help="n_sample: completions per turn")
-    sm.add_argument("--workers", type=int, help="sampler actors")
-    sm.add_argument("--split", help="episodes split (default train)")
-    sm.add_argument("--max-episodes", type=int, help="sample the first N episodes only")
     sm.add_argument(
-        "--distractors",
-        type=int,
-        help="offer the called tools + N others per prompt (default: the episode's tools)",
+        "--engine",
+        choices=["hf", "vllm", "openai"],
+        help=field_help("sample.engine", "openai when --policy is a URL"),
     )
+    sm.add_argument("--model", help=field_help("sample.model"))
+    sm.add_argument("--n", type=int, help=field_help("sample.n"))
+    sm.add_argument("--workers", type=int, help=field_help("sample.workers"))
+    sm.add_argument("--split", help=field_help("sample.split"))
+    sm.add_argument("--max-episodes", type=int, help=field_help("sample.max_episodes"))
+    sm.add_argument("--distractors", type=int, help=field_help("sample.distractors"))
     sm.add_argument("--out", required=True, help="output directory (re-running resumes)")
     _overwrite_flag(sm, OVERWRITE_DIR)
     sm.set_defaults(func=cmd_sample)
@@ -185,15 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="OpenAI-compatible /v1/chat/completions with tools on Ray Serve"
     )
     sv.add_argument("--config", help="YAML config (its `serve` section)")
-    sv.add_argument("--model", help="HF model directory (the base)")
-    sv.add_argument("--model-id", help="model id clients send (default: the dir's name)")
-    sv.add_argument(
-        "--lora",
-        action="append",
-        help="LoRA adapter NAME=DIR (repeatable), served as <model-id>:NAME",
-    )
-    sv.add_argument("--host", help="bind address (default 127.0.0.1)")
-    sv.add_argument("--port", type=int, help="port (default 8000)")
+    sv.add_argument("--model", help=field_help("serve.model"))
+    sv.add_argument("--model-id", help=field_help("serve.model_id"))
+    sv.add_argument("--lora", action="append", help=LORA_HELP)
+    sv.add_argument("--host", help=field_help("serve.host"))
+    sv.add_argument("--port", type=int, help=field_help("serve.port"))
     key = sv.add_mutually_exclusive_group()
     key.add_argument(
         "--api-key",
@@ -204,17 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument(
         "--api-key-env",
         metavar="NAME",
-        help="require the key held by environment variable NAME (with --write-config: "
-        "written as serve.api_key_env, read where the server runs)",
+        help=field_help(
+            "serve.api_key_env", "with --write-config: written down, read where the server runs"
+        ),
     )
     key.add_argument(
         "--api-key-file",
         metavar="PATH",
         help="require the key in file PATH (stripped; keep it chmod 600)",
     )
-    sv.add_argument("--backend", choices=["hf", "vllm"])
-    sv.add_argument("--max-ongoing-requests", type=int, help="per replica; more get 503")
-    sv.add_argument("--no-batching", action="store_true", help="turn @serve.batch off")
+    sv.add_argument("--backend", choices=["hf", "vllm"], help=field_help("serve.backend"))
+    sv.add_argument(
+        "--max-ongoing-requests", type=int, help=field_help("serve.max_ongoing_requests")
+    )
+    sv.add_argument(
+        "--no-batching",
+        action="store_true",
+        help=field_help("serve.batching", "this flag turns it off"),
+    )
     sv.add_argument(
         "--write-config", metavar="FILE", help="write a Serve config for serve run/deploy and exit"
     )

@@ -17,11 +17,11 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from string import Template
 from typing import Any
 
+from ttpa_ray.config import ConstructConfig
 from ttpa_ray.construct.rows import add_seconds, fail
 from ttpa_ray.construct.schema_teacher import Restart, assemble_episode, sample_window
 from ttpa_ray.engines.base import ChatRequest, GenerationParams, TextEngine
@@ -41,18 +41,6 @@ def load_prompts() -> dict[str, Template]:
         name: Template((base / f"{name}.txt").read_text(encoding="utf-8").strip())
         for name in ("system", *STEPS)
     }
-
-
-@dataclass
-class LLMSettings:
-    """Shape of the episodes an LLM teacher is asked for (ranges are inclusive)."""
-
-    window: int = 20
-    n_tools: tuple[int, int] = (7, 10)
-    n_constraints: tuple[int, int] = (4, 7)
-    n_calls: tuple[int, int] = (4, 7)
-    allow_single_call: bool = True  # single-call episodes cover every tool
-    repair: bool = True
 
 
 def _param_line(spec: ToolSpec) -> str:
@@ -100,7 +88,10 @@ class LLMTeacher:
 
     `engine_factory` builds the engine on first use, so workers that only assemble
     episodes (the finishing stage) never load a model. `name` is recorded as the
-    episodes' `teacher`.
+    episodes' `teacher`. `config` gives the episodes' shape (`window`, the inclusive ranges
+    `n_tools`, `n_constraints`, `n_calls`) and `teacher.repair`. `allow_single_call`: a
+    trajectory of one call is valid whatever `n_calls` says (single-call episodes cover
+    every tool).
     """
 
     def __init__(
@@ -109,13 +100,15 @@ class LLMTeacher:
         catalog: Sequence[ToolSpec],
         engine_factory: Callable[[], TextEngine] | None,
         params: GenerationParams,
-        settings: LLMSettings | None = None,
+        config: ConstructConfig | None = None,
+        allow_single_call: bool = True,
     ) -> None:
         self.name = name
         self.catalog = list(catalog)
         self.specs = {t.name: t for t in self.catalog}
         self.params = params
-        self.settings = settings or LLMSettings()
+        self.config = config or ConstructConfig()
+        self.allow_single_call = allow_single_call
         self.prompts = load_prompts()
         self._engine_factory = engine_factory
         self._engine: TextEngine | None = None
@@ -132,11 +125,11 @@ class LLMTeacher:
 
     def window(self, seed: int) -> list[ToolSpec]:
         """The scene's candidate tools (seeded, as the schema teacher samples them)."""
-        return sample_window(random.Random(f"{seed}:scene"), self.catalog, self.settings.window)[2]
+        return sample_window(random.Random(f"{seed}:scene"), self.catalog, self.config.window)[2]
 
     def request(self, step: str, row: dict[str, Any]) -> ChatRequest:
         """The chat request of `step` for a row carrying the earlier steps' JSON."""
-        s = self.settings
+        s = self.config
         fields: dict[str, Any] = {}
         if step == "scene":
             win = self.window(int(row["seed"]))
@@ -174,7 +167,7 @@ class LLMTeacher:
         return ChatRequest(messages, request_id=f"{row['id']}:{step}")
 
     def _tool_range(self, window_size: int) -> tuple[int, int]:
-        lo, hi = self.settings.n_tools
+        lo, hi = self.config.n_tools
         return min(lo, window_size), min(hi, window_size)
 
     # -- validation ------------------------------------------------------------------------
@@ -197,7 +190,7 @@ class LLMTeacher:
         errors = []
         if not isinstance(v.get("scenario"), str) or not v["scenario"].strip():
             errors.append("'scenario' must be a non-empty string")
-        lo, hi = self.settings.n_constraints
+        lo, hi = self.config.n_constraints
         cons = v.get("constraints")
         if not isinstance(cons, list) or not all(isinstance(c, str) and c.strip() for c in cons):
             errors.append("'constraints' must be a list of non-empty strings")
@@ -239,8 +232,8 @@ class LLMTeacher:
                     continue
                 name = c.get("name")
                 errors += [f"turn {t}: {name}: {e}" for e in call_errors(c, offered)]
-        lo, hi = self.settings.n_calls
-        single_ok = self.settings.allow_single_call and n_calls == 1
+        lo, hi = self.config.n_calls
+        single_ok = self.allow_single_call and n_calls == 1
         if not (lo <= n_calls <= hi or single_ok):
             errors.append(f"need {lo} to {hi} calls in all, got {n_calls}")
         return errors
@@ -308,7 +301,7 @@ class LLMTeacher:
                 broken[i] = f"teacher_error:{type(e).__name__}: {e}"
         todo = [r for i, r in enumerate(live) if i not in broken]
         results = generate_json_batch(
-            self.engine, requests, self.params, validators, self.settings.repair
+            self.engine, requests, self.params, validators, self.config.teacher.repair
         )
         for i, reason in broken.items():
             fail(live[i], step, reason)

@@ -2,9 +2,9 @@
 
 Each shard (a range of seeds) streams through one Ray Data pipeline of four
 `map_batches` stages (scene → trajectory → answer → query) and a finishing stage that
-assembles and validates episodes. A finished shard leaves `_SUCCESS` with its config
-hash (written atomically, last); a re-run skips it, and redoes a shard whose markers
-cannot be read. After the last shard the episodes are split and described.
+assembles and validates episodes. Shards resume as `ttpa_ray.runner` describes (`_SUCCESS`
+with the config hash, written last); after the last shard the episodes are split and
+described.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from ttpa_ray.atomic import read_json, write_atomic, write_json_atomic
+from ttpa_ray import runner
+from ttpa_ray.atomic import write_atomic
 from ttpa_ray.config import ConstructConfig
 from ttpa_ray.construct.dataset import (
     SPLITS,
@@ -38,14 +38,7 @@ from ttpa_ray.construct.steps import (
     step_rows,
 )
 from ttpa_ray.ray_utils import remote_args
-from ttpa_ray.schema.io import (
-    StageCounts,
-    config_hash,
-    read_table,
-    shard_done,
-    write_manifest,
-    write_rows,
-)
+from ttpa_ray.schema.io import StageCounts, config_hash, write_manifest, write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA, QUARANTINE_SCHEMA
 
 log = logging.getLogger("ttpa_ray")
@@ -204,84 +197,65 @@ def run_construct(
     effect of an interrupted run). Returns the manifest (also written to
     `out/manifest.json`); raises ValueError when no episode survives.
     """
-    from tqdm import tqdm
-
     from ttpa_ray.ray_utils import init_ray
 
     out = Path(out)
     t0 = time.perf_counter()
     _check_inputs(cfg)
-    key = _shard_key(cfg)
-    starts = list(range(0, cfg.n_episodes, cfg.shard_size))
-    shards: list[Path] = []
-    pending: dict[Path, list[int]] = {}
-    for start in starts:
-        seeds = [cfg.seed + i for i in range(start, min(start + cfg.shard_size, cfg.n_episodes))]
-        shard = out / "shards" / f"shard-{cfg.seed + start:08d}-{len(seeds)}"
-        shards.append(shard)
-        if not shard_done(shard, key):
-            pending[shard] = seeds
-    skipped = len(shards) - len(pending)
-    ran = 0
-    bar = tqdm(
-        total=len(shards),
-        initial=skipped,
-        desc="construct shards",
-        unit="shard",
-        disable=not progress,
+    seeds = [
+        [cfg.seed + i for i in range(start, min(start + cfg.shard_size, cfg.n_episodes))]
+        for start in range(0, cfg.n_episodes, cfg.shard_size)
+    ]
+    plan = runner.ShardPlan.make(
+        _shard_key(cfg),
+        [out / "shards" / f"shard-{s[0]:08d}-{len(s)}" for s in seeds],
+        lambda i, path: runner.Shard(path, len(seeds[i]), seeds[i]),
     )
-    if pending and stop_after_shards != 0:
+    bar = plan.progress("construct shards", progress)
+    ran = 0
+    if plan.pending and stop_after_shards != 0:
         # One streaming execution for every pending shard: LLM teachers load their model
         # (or start their engines) once per run, not once per shard; each shard is written
         # the moment its last row is out, so an interrupted run keeps every finished shard.
         init_ray()
-        ds = build_dataset(cfg, list(pending.values()), processor_factory)
-        shard_of = {seed: shard for shard, seeds in pending.items() for seed in seeds}
-        parts: dict[Path, list[pa.Table]] = {shard: [] for shard in pending}
-        have: dict[Path, int] = dict.fromkeys(pending, 0)
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            owners = [shard_of[int(seed)] for seed in batch["seed"].to_pylist()]
-            for shard in dict.fromkeys(owners):
-                part = batch.filter(pa.array([o == shard for o in owners]))
-                parts[shard].append(part)
-                have[shard] += part.num_rows
-                if have[shard] < len(pending[shard]):
-                    continue
-                table = pa.concat_tables(parts.pop(shard)).sort_by("seed")
-                kept = _write_shard(shard, table, key, pending[shard])
-                ran += 1
-                bar.update(1)
-                bar.set_postfix(episodes=kept, quarantined=table.num_rows - kept)
-                if ran == stop_after_shards:
-                    break
-            if ran == stop_after_shards:
-                break
+        ds = build_dataset(cfg, [s.payload for s in plan.pending], processor_factory)
+        shard_of = {seed: s for s in plan.pending for seed in s.payload}
+
+        def write(shard: runner.Shard, table: pa.Table) -> None:
+            kept = _write_shard(shard, table.sort_by("seed"), plan.key)
+            bar.update(1)
+            bar.set_postfix(episodes=kept, quarantined=table.num_rows - kept)
+
+        ran = runner.stream(
+            ds.iter_batches(batch_format="pyarrow", batch_size=None),
+            lambda batch: [shard_of[int(seed)] for seed in batch["seed"].to_pylist()],
+            write,
+            stop_after_shards,
+        )
     bar.close()
-    if ran < len(pending):
-        # Only `stop_after_shards` (a simulated interruption) gets here.
-        return {"interrupted": True, "shards_run": ran, "shards_skipped": skipped}
-    return _finalize(cfg, out, shards, key, ran, skipped, time.perf_counter() - t0)
+    return plan.interrupted(ran) or _finalize(cfg, out, plan, ran, time.perf_counter() - t0)
 
 
-def _write_shard(shard: Path, table: pa.Table, key: str, seeds: list[int]) -> int:
-    """A finished shard's episodes, quarantine and counts; `_SUCCESS` last. → kept rows."""
-    # An old `_SUCCESS` (another key) must not vouch for files half replaced by this run.
-    (shard / "_SUCCESS").unlink(missing_ok=True)
-    ok = table.filter(pc.is_null(table["_quarantine_reason"]))
-    bad = table.filter(pc.is_valid(table["_quarantine_reason"]))
-    write_rows(
-        shard / "episodes.parquet", ok.select(EPISODE_SCHEMA.names).to_pylist(), EPISODE_SCHEMA
+def _write_shard(shard: runner.Shard, table: pa.Table, key: str) -> int:
+    """A finished shard's episodes, quarantine and counts (`runner.write_shard`). → kept rows."""
+    ok, bad = runner.split_quarantine(table)
+    seeds = shard.payload
+    runner.write_shard(
+        shard.path,
+        key,
+        {
+            "episodes.parquet": (ok.select(EPISODE_SCHEMA.names).to_pylist(), EPISODE_SCHEMA),
+            "quarantine.parquet": (_quarantine_rows(bad), QUARANTINE_SCHEMA),
+        },
+        [c.__dict__ for c in _step_counts(table)],
+        seeds=[seeds[0], seeds[-1]],
     )
-    write_rows(shard / "quarantine.parquet", _quarantine_rows(bad), QUARANTINE_SCHEMA)
-    counts = _step_counts(table)
-    write_json_atomic(shard / "counts.json", [c.__dict__ for c in counts])
-    write_json_atomic(shard / "_SUCCESS", {"key": key, "seeds": [seeds[0], seeds[-1]]})
     return ok.num_rows
 
 
 def _check_inputs(cfg: ConstructConfig) -> None:
     """Fail in the driver, with a clear message, on what every worker would fail on."""
-    from ttpa_ray.construct.steps import catalog_tools
+    from ttpa_ray.tools.catalog import catalog_tools
 
     tools = catalog_tools(cfg.catalog)  # FileNotFoundError / ValueError naming the file
     if len(tools) < cfg.n_tools[0]:
@@ -299,22 +273,12 @@ def _check_inputs(cfg: ConstructConfig) -> None:
 
 
 def _finalize(
-    cfg: ConstructConfig,
-    out: Path,
-    shards: list[Path],
-    key: str,
-    ran: int,
-    skipped: int,
-    seconds: float,
+    cfg: ConstructConfig, out: Path, plan: runner.ShardPlan, ran: int, seconds: float
 ) -> dict[str, Any]:
-    episodes = pa.concat_tables([read_table(s / "episodes.parquet") for s in shards])
-    quarantine = pa.concat_tables([read_table(s / "quarantine.parquet") for s in shards])
-    per_step: dict[str, StageCounts] = {}
-    for s in shards:
-        for c in read_json(s / "counts.json"):
-            prev = per_step.get(c["stage"]) or StageCounts(c["stage"], 0, 0, 0)
-            per_step[c["stage"]] = prev.merged(c)
-    counts = [c.check() for c in per_step.values()]
+    episodes = runner.concat(plan.paths, "episodes.parquet")
+    quarantine = runner.concat(plan.paths, "quarantine.parquet")
+    per_step = runner.read_counts(plan.paths)
+    counts = list(runner.merge_counts({c["stage"]: c for c in s} for s in per_step).values())
     total = StageCounts(
         STAGE, cfg.n_episodes, episodes.num_rows, quarantine.num_rows, round(seconds, 2)
     ).check()
@@ -344,9 +308,9 @@ def _finalize(
     extra = {
         "teacher": cfg.teacher.kind,
         "catalog": cfg.catalog,
-        "shard_key": key,
+        "shard_key": plan.key,
         "shards_run": ran,
-        "shards_skipped": skipped,
+        "shards_skipped": plan.skipped,
         "splits": {s: len(splits[s]) for s in SPLITS},
         "holdout_tools": holdout,
         "quarantined": quarantine.num_rows,

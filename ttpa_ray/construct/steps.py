@@ -9,10 +9,8 @@ so each stage keeps one output row per input row and the counts add up.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
-from functools import cache
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -21,8 +19,8 @@ from ttpa_ray.construct.rows import add_seconds, fail
 from ttpa_ray.schema.records import EPISODE_SCHEMA, Episode
 from ttpa_ray.schema.tools import ToolSpec
 from ttpa_ray.schema.validate import call_errors
+from ttpa_ray.tools.catalog import catalog_tools
 
-log = logging.getLogger("ttpa_ray")
 STEPS = ("scene", "trajectory", "answer", "query")
 
 ROW_SCHEMA = pa.schema(
@@ -133,31 +131,6 @@ class SchemaTeacher:
         return assemble_episode(row_id, seed, scene, trajectory, answer, query, self.catalog)
 
 
-@cache
-def catalog_tools(source: str) -> tuple[ToolSpec, ...]:
-    """The valid tools of `builtin`, `bfcl` or a tools file (cached per process).
-    Raises FileNotFoundError / ValueError (with the first invalid tool's reason)."""
-    from ttpa_ray.tools.catalog import load_bfcl, load_builtin, load_file
-
-    cat = (
-        load_builtin()
-        if source == "builtin"
-        else load_bfcl()
-        if source == "bfcl"
-        else load_file(source)
-    )
-    if not cat.tools:
-        why = (
-            f": {len(cat.quarantine)} invalid, e.g. {cat.quarantine[0].reason}"
-            if cat.quarantine
-            else ""
-        )
-        raise ValueError(f"catalog {source!r} has no valid tools{why}")
-    if cat.quarantine:
-        log.warning("catalog %r: %d invalid tool(s) skipped", source, len(cat.quarantine))
-    return tuple(cat.tools)
-
-
 def make_teacher(config: dict[str, Any], with_engine: bool = True) -> Teacher:
     """Build the teacher a `ConstructConfig` (as a dict) asks for, with its catalog.
 
@@ -175,7 +148,8 @@ def make_teacher(config: dict[str, Any], with_engine: bool = True) -> Teacher:
             tuple(config["n_constraints"]),
             tuple(config["n_calls"]),
         )
-    from ttpa_ray.construct.llm_teacher import LLMSettings, LLMTeacher
+    from ttpa_ray.config import ConstructConfig
+    from ttpa_ray.construct.llm_teacher import LLMTeacher
     from ttpa_ray.engines.base import GenerationParams
 
     params = GenerationParams(
@@ -184,15 +158,8 @@ def make_teacher(config: dict[str, Any], with_engine: bool = True) -> Teacher:
         top_p=t["top_p"],
         seed=config["seed"],
     )
-    settings = LLMSettings(
-        window=config["window"],
-        n_tools=tuple(config["n_tools"]),
-        n_constraints=tuple(config["n_constraints"]),
-        n_calls=tuple(config["n_calls"]),
-        repair=t["repair"],
-    )
     factory = _engine_factory(t) if with_engine and t["kind"] != "vllm" else None
-    return LLMTeacher(t["kind"], catalog, factory, params, settings)
+    return LLMTeacher(t["kind"], catalog, factory, params, ConstructConfig.model_validate(config))
 
 
 def _engine_factory(t: dict[str, Any]) -> Any:

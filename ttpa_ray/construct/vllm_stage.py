@@ -1,10 +1,11 @@
 """The `vllm` teacher: each construction step as a Ray Data LLM processor (CUDA + vLLM).
 
 Per step and attempt: `RenderPrompts` (a task with the cached tokenizer: our own chat-template
-rendering, since Ray Data LLM does not pass a row's tools to its template) → a
-`vLLMEngineProcessorConfig` processor → ``parse_row`` (validation, repair bookkeeping,
-quarantine). Attempt 2 is the repair round (`teacher.repair`): only rows whose first reply
-was unusable are generated again, with their errors in the conversation.
+rendering, since Ray Data LLM does not pass a row's tools to its template) → a vLLM
+processor (the adapter `engines/vllm_engine.py`, shared with TPS) → ``parse_row``
+(validation, repair bookkeeping, quarantine). Attempt 2 is the repair round
+(`teacher.repair`): only rows whose first reply was unusable are generated again, with
+their errors in the conversation.
 
 Every row goes through every processor (Ray Data LLM keeps one output row per input row);
 rows with nothing to generate (already discarded, or already valid) carry a one-token
@@ -32,7 +33,16 @@ from ttpa_ray.construct.schema_teacher import Restart
 from ttpa_ray.construct.steps import ROW_SCHEMA, STEPS, make_teacher
 from ttpa_ray.engines.base import GenerationParams
 from ttpa_ray.engines.json_output import check_reply, repair_request
-from ttpa_ray.engines.vllm_engine import VLLMConfig, render_prompts, sampling_params
+from ttpa_ray.engines.vllm_engine import (
+    VLLMConfig,
+    build_processor_config,
+    dummy_prompt_ids,
+    load_tokenizer,
+    processor_factory,
+    render_prompts,
+    require_vllm,
+    sampling_params,
+)
 
 # Columns carried between the stages of one step, besides ROW_SCHEMA's.
 STEP_SCHEMA = (
@@ -51,16 +61,9 @@ def vllm_config(cfg: ConstructConfig) -> VLLMConfig:
     """The engine settings of the `vllm` teacher."""
     t = cfg.teacher
     assert t.model is not None  # checked by TeacherConfig
-    return VLLMConfig(
-        model=t.model,
-        tensor_parallel_size=t.tensor_parallel_size,
-        pipeline_parallel_size=t.pipeline_parallel_size,
-        batch_size=t.batch_size,
-        concurrency=t.concurrency,
-        accelerator_type=t.accelerator_type,
-        enable_prefix_caching=t.enable_prefix_caching,
-        max_model_len=t.max_model_len,
-        gpu_memory_utilization=t.gpu_memory_utilization,
+    # `dtype` is the hf teacher's: vLLM keeps its own "auto".
+    return VLLMConfig.from_section(
+        t, t.model, batch_size=t.batch_size, pipeline_parallel_size=t.pipeline_parallel_size
     )
 
 
@@ -92,22 +95,13 @@ def postprocess(row: dict[str, Any]) -> dict[str, Any]:
 
 def default_processor_factory(cfg: ConstructConfig) -> ProcessorFactory:
     """`(step, attempt) → processor` building Ray Data LLM vLLM processors (needs vLLM)."""
-    from ray.data.llm import build_processor
-
-    from ttpa_ray.engines.vllm_engine import build_processor_config, require_vllm
-
     require_vllm()
-    vcfg, params = vllm_config(cfg), generation_params(cfg)
-
-    def factory(step: str, attempt: int) -> Callable[[Any], Any]:
-        return build_processor(
-            # An engine error quarantines its row instead of failing the job.
-            build_processor_config(vcfg, should_continue_on_error=True),
-            preprocess=functools.partial(preprocess, params=params),
-            postprocess=postprocess,
-        )
-
-    return factory
+    return processor_factory(
+        # An engine error quarantines its row instead of failing the job.
+        build_processor_config(vllm_config(cfg), should_continue_on_error=True),
+        functools.partial(preprocess, params=generation_params(cfg)),
+        postprocess,
+    )
 
 
 class RenderPrompts:
@@ -120,9 +114,8 @@ class RenderPrompts:
     def __init__(self, step: str, config_json: str, attempt: int, tokenizer_path: str) -> None:
         self.step, self.attempt = step, attempt
         self.teacher: Any = _teacher(config_json)
-        self.tokenizer = _tokenizer(tokenizer_path)
-        eos = self.tokenizer.eos_token_id
-        self.dummy_ids = [int(eos if eos is not None else 0)]
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.dummy_ids = dummy_prompt_ids(self.tokenizer)
 
     def render_row(self, row: dict[str, Any]) -> dict[str, Any]:
         row = {k: row.get(k) for k in CARRY}
@@ -154,16 +147,6 @@ def _render_batch(
     # renders per step they starve a small machine; the tokenizer is cached per worker.
     render = RenderPrompts(step, config_json, attempt, tokenizer_path)
     return pa.Table.from_pylist([render.render_row(r) for r in batch.to_pylist()], STEP_SCHEMA)
-
-
-@functools.cache
-def _tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer of {path} has no chat template")
-    return tokenizer
 
 
 def parse_row(

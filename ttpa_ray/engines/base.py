@@ -16,8 +16,29 @@ from typing import Any, Protocol, runtime_checkable
 ENGINE_KINDS = ("hf", "vllm", "openai")
 
 
+def eos_ids(tokenizer: Any, generation_eos: Any = None) -> list[int]:
+    """End-of-turn token ids, in order: the generation config's eos (an int or a list), else
+    the tokenizer's. One rule for the HF engine, the TPS samplers and the vLLM adapter."""
+    eos = generation_eos if generation_eos is not None else tokenizer.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return list(dict.fromkeys(int(e) for e in ids))
+
+
 class EngineError(RuntimeError):
     """A request could not be served (bad model dir, prompt too long, HTTP error, ...)."""
+
+
+class ContextLengthError(EngineError):
+    """A prompt that leaves no room for a completion (or is over `max_prompt_tokens`).
+
+    `str()` starts with `context_length_exceeded:` (quarantine reasons and logs group by
+    it); `detail` is the sentence without that prefix (the HTTP error message). Clients
+    that keep only the message (eval) recognise it by "context length" / "accepts at most".
+    """
+
+    def __init__(self, detail: str, prompt_tokens: int, limit: int) -> None:
+        super().__init__(f"context_length_exceeded: {detail}")
+        self.detail, self.prompt_tokens, self.limit = detail, prompt_tokens, limit
 
 
 @dataclass

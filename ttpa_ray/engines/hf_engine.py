@@ -20,22 +20,15 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams
+from ttpa_ray.engines.base import (
+    ChatRequest,
+    ContextLengthError,
+    EngineError,
+    GenerationParams,
+    eos_ids,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ContextLengthError(EngineError):
-    """A prompt that leaves no room for a completion (or is over `max_prompt_tokens`).
-
-    `str()` starts with `context_length_exceeded:` (quarantine reasons and logs group by
-    it); `detail` is the sentence without that prefix (the HTTP error message). Clients
-    that keep only the message (eval) recognise it by "context length" / "accepts at most".
-    """
-
-    def __init__(self, detail: str, prompt_tokens: int, limit: int) -> None:
-        super().__init__(f"context_length_exceeded: {detail}")
-        self.detail, self.prompt_tokens, self.limit = detail, prompt_tokens, limit
 
 
 def truncate_at_stop(text: str, stop: list[str] | None) -> str:
@@ -105,12 +98,7 @@ class HFEngine:
         self.model: Any = model.to(self.device)  # type: ignore[arg-type]
         self.model.eval()
         gen_cfg = self.model.generation_config
-        eos = (
-            gen_cfg.eos_token_id
-            if gen_cfg.eos_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
-        self.eos_token_ids: list[int] = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos_token_ids = eos_ids(self.tokenizer, gen_cfg.eos_token_id)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = (

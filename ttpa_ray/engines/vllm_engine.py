@@ -1,27 +1,38 @@
-"""vLLM through Ray Data LLM (`ray.data.llm.build_processor`): batch generation on GPUs.
+"""The one vLLM adapter: Ray Data LLM processors (`ray.data.llm`) and their tokenizer.
+
+Used by the `vllm` teacher (`construct/vllm_stage.py`), the `vllm` TPS sampler
+(`sample/vllm_sampler.py`), `ray.serve.llm` (`serve/llm_config.py`: engine kwargs) and
+`VLLMEngine`, the in-process `TextEngine` of kind `vllm`. Each caller keeps only its own
+prompts, passes and parsing.
 
 vLLM is CUDA-only and an optional extra (`ttpa-ray[gpu]`): nothing here imports it at
-module level, and `VLLMEngine` calls `require_vllm()` first. `import ray.data.llm` works
-without vLLM, so the processor config is built and tested on CPU.
+module level; callers check `require_vllm()` before any work. `import ray.data.llm` works
+without vLLM, so processor configs and processors are built and tested on CPU.
 
 We render prompts ourselves: Ray Data LLM's chat-template stage does not pass a row's
 `tools` to the template, and tool-use prompts differ per row. So the chat-template,
 tokenize and detokenize stages are off; each row carries `tokenized_prompt` (ids of our
-rendered text, tokenized without added special tokens, so no double BOS) and the `prompt`
-text; vLLM returns the decoded completion.
+rendered text, tokenized without added special tokens, so no double BOS); vLLM returns
+the decoded completion.
 
-Ray Data LLM keeps only the first output of a vLLM request (`outputs[0]`), so `n > 1` is
-fanned out into `n` rows with `n=1` and seeds `seed + sample_index` (prefix caching makes
-the repeated prompt cheap). Greedy decoding (temperature 0) is generated once and repeated.
+`VLLMEngine`: Ray Data LLM keeps only the first output of a vLLM request (`outputs[0]`), so
+`n > 1` is fanned out into `n` rows with `n=1` and seeds `seed + sample_index` (prefix
+caching makes the repeated prompt cheap). Greedy decoding (temperature 0) is generated
+once and repeated.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams
+from ttpa_ray.engines.base import eos_ids as base_eos_ids
+
+if TYPE_CHECKING:
+    from ray.data.llm import Processor
 
 VLLM_MISSING = "vLLM is not installed: pip install 'ttpa-ray[gpu]' on a CUDA machine"
 
@@ -32,6 +43,26 @@ def require_vllm() -> None:
         import vllm  # noqa: F401
     except ImportError as exc:
         raise ImportError(VLLM_MISSING) from exc
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+class VLLMSection(Protocol):
+    """The vLLM fields every config section that runs vLLM carries (teacher, sample, serve)."""
+
+    @property
+    def tensor_parallel_size(self) -> int: ...
+    @property
+    def max_model_len(self) -> int: ...
+    @property
+    def gpu_memory_utilization(self) -> float: ...
+    @property
+    def enable_prefix_caching(self) -> bool: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def accelerator_type(self) -> str | None: ...
 
 
 @dataclass
@@ -55,6 +86,21 @@ class VLLMConfig:
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.9
     dtype: str = "auto"
+
+    @classmethod
+    def from_section(cls, section: VLLMSection, model: str, **fields: Any) -> VLLMConfig:
+        """`model` run with `section`'s vLLM fields; `fields` set the others (`batch_size`,
+        `dtype`, `pipeline_parallel_size`), which the sections name differently or lack."""
+        return cls(
+            model=model,
+            tensor_parallel_size=section.tensor_parallel_size,
+            max_model_len=section.max_model_len,
+            gpu_memory_utilization=section.gpu_memory_utilization,
+            enable_prefix_caching=section.enable_prefix_caching,
+            concurrency=section.concurrency,
+            accelerator_type=section.accelerator_type,
+            **fields,
+        )
 
 
 def engine_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
@@ -95,6 +141,75 @@ def build_processor_config(cfg: VLLMConfig, **overrides: Any) -> Any:
     return vLLMEngineProcessorConfig(**{**processor_config_kwargs(cfg), **overrides})
 
 
+def processor_factory(
+    config: Any,
+    preprocess: Callable[[dict[str, Any]], dict[str, Any]],
+    postprocess: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[..., Processor]:
+    """`(*pass_key) → processor`: a new Ray Data LLM processor per call (`preprocess` →
+    the vLLM stage of `config`, from `build_processor_config` → `postprocess`).
+
+    One processor per pass of a stage (the key, e.g. step and attempt, is not needed to
+    build it): each pass streams through its own engine replicas. Building needs no vLLM.
+    """
+    from ray.data.llm import build_processor
+
+    def factory(*_pass_key: Any) -> Processor:
+        return build_processor(config, preprocess=preprocess, postprocess=postprocess)
+
+    return factory
+
+
+# -- tokenizer (one per process and path) ------------------------------------------------------
+# The flags are keyword-only: `functools.cache` keys a positional and a keyword argument
+# apart, and would load the tokenizer twice.
+
+
+@functools.cache
+def load_tokenizer(path: str, *, local_files_only: bool = False) -> Any:
+    """The tokenizer of the model at `path`, cached per process. ValueError when it has no
+    chat template (we render every prompt with it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"the tokenizer of {path} has no chat template")
+    return tokenizer
+
+
+@functools.cache
+def eos_ids(path: str, *, local_files_only: bool = False) -> frozenset[int]:
+    """End-of-turn ids as vLLM stops on them: generation_config.json's eos, else the
+    tokenizer's (`engines.base.eos_ids`, the HF engine's rule)."""
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(path, local_files_only=local_files_only)
+        eos = config.eos_token_id
+    except OSError:  # no generation_config.json
+        eos = None
+    return frozenset(base_eos_ids(load_tokenizer(path, local_files_only=local_files_only), eos))
+
+
+def special_ids(path: str, *, local_files_only: bool = False) -> frozenset[int]:
+    """The tokenizer's special ids and the end-of-turn ids: tokens that are never a
+    completion's content (`skip_special_tokens` drops them from the text)."""
+    tok = load_tokenizer(path, local_files_only=local_files_only)
+    eos = eos_ids(path, local_files_only=local_files_only)
+    return frozenset({int(i) for i in tok.all_special_ids} | eos)
+
+
+def dummy_prompt_ids(tokenizer: Any) -> list[int]:
+    """A one-token prompt (the eos id, else 0) for rows with nothing to generate: every row
+    goes through every processor, which is cheaper than a filter/union that would execute
+    the upstream stages twice."""
+    eos = tokenizer.eos_token_id
+    return [int(eos if eos is not None else 0)]
+
+
+# -- prompts and sampling -----------------------------------------------------------------------
+
+
 def render_prompts(tokenizer: Any, requests: list[ChatRequest]) -> list[str]:
     """Each request rendered with its own tools and the generation prompt."""
     prompts = []
@@ -127,6 +242,9 @@ def sampling_params(params: GenerationParams, sample_index: int = 0) -> dict[str
     if params.stop:
         out["stop"] = list(params.stop)
     return out
+
+
+# -- VLLMEngine: TextEngine requests as processor rows ------------------------------------------
 
 
 def expand_rows(
@@ -191,7 +309,8 @@ class VLLMEngine:
     `VLLMEngine("path/or/hub-id", tensor_parallel_size=2, ...)` or `VLLMEngine(VLLMConfig(...))`.
     Each `generate` call builds one processor over a `ray.data.from_items` dataset (the
     engine actors start per call: use large request lists). Needs a running Ray (or starts
-    a local one).
+    a local one). The stages do not use it: they stream their rows through the adapter's
+    processors instead of collecting every call's output.
     """
 
     name = "vllm"
@@ -199,25 +318,23 @@ class VLLMEngine:
     def __init__(self, model: str | VLLMConfig, **config_kwargs: Any) -> None:
         require_vllm()
         self.config = model if isinstance(model, VLLMConfig) else VLLMConfig(model, **config_kwargs)
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise EngineError(f"the tokenizer of {self.config.model} has no chat template")
+        try:
+            self.tokenizer = load_tokenizer(self.config.model)
+        except ValueError as exc:  # no chat template: a `TextEngine` raises EngineError
+            raise EngineError(str(exc)) from exc
 
     def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[list[str]]:
         """`params.n` texts per request, in request order."""
         if not requests:
             return []
         import ray.data
-        from ray.data.llm import build_processor
 
         prompts = render_prompts(self.tokenizer, requests)
         ids = [list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        processor = build_processor(
+        processor = processor_factory(
             build_processor_config(self.config),
-            preprocess=functools.partial(preprocess_row, params=params),
-            postprocess=postprocess_row,
-        )
+            functools.partial(preprocess_row, params=params),
+            postprocess_row,
+        )()
         ds = processor(ray.data.from_items(expand_rows(prompts, params, ids)))
         return collect(ds.take_all(), len(requests), params)

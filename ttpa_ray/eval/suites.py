@@ -4,7 +4,7 @@ Specs (`<kind>:<argument>`):
 
 - `heldout:<construct_out_dir>`: the test split of a construct run
   (`<dir>/episodes/test.parquet`), one example per tool-call turn
-  (`ttpa_ray.sample.turns.episode_turns`), the turns TPS samples (`max_turns`); `limit`
+  (`ttpa_ray.schema.turns.episode_turns`), the turns TPS samples (`max_turns`); `limit`
   draws a seeded stratified sample of them (`load_heldout`). Categories: `seen_tools` or
   `heldout_tools` (a gold call names a tool in the manifest's `holdout_tools`, never seen
   in training), `single_call` or `multi_call` (parallel calls in the turn), and `turn_<k>`
@@ -126,15 +126,15 @@ def load_heldout(
     k < `max_turns` (the range TPS samples: `sample.max_turns_per_episode`; None: all);
     `n` draws a sample of it stratified by (seen vs held-out tools, k) with proportional
     allocation, seeded by `seed` (`stratified_sample`); `n=None` keeps the whole pool.
-    Examples come in file and turn order. `fit` (a `sample.turns.PromptFit`) fits each
+    Examples come in file and turn order. `fit` (a `schema.turns.PromptFit`) fits each
     prompt to a token budget exactly as SFT and TPS do (over-long ones are quarantined).
 
     A pool smaller than `n` is taken whole, with a warning; `info["sampling"]` records
     `requested`, `pool`, `n`, `seed`, `max_turns`, `took_all` and per stratum
     (`"<seen_tools|heldout_tools>/k<k>"`) its `pool` and `n`.
     """
-    from ttpa_ray.sample.turns import episode_turns
     from ttpa_ray.schema.io import read_rows
+    from ttpa_ray.schema.turns import episode_turns
 
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

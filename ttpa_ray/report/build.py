@@ -216,7 +216,7 @@ EXACT_NOTE = (
     "exact-call accuracy is ~0 for every model: at this training budget the policy has "
     "learnt the call format and (part of) the tool names, not yet the argument values, so "
     "compare ESM, tool-name accuracy and parse rate here; benchmarks/ttpa_gain.py trains a "
-    "longer SFT start and measures TTPA's gain over seeds (README: Results)"
+    "longer SFT start and measures TTPA's gain over seeds (README: Results; docs/pipeline.md)"
 )
 
 

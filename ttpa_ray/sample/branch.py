@@ -14,7 +14,10 @@ HF computes the positions from logits, vLLM from `prompt_logprobs`; both feed he
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
+
+from ttpa_ray.config import BranchConfig
 
 
 @dataclass
@@ -45,42 +48,36 @@ class BranchPoint:
     logprob: float
 
 
-@dataclass
-class BranchSettings:
-    """`top_k`: alternatives taken per point. `lowest_k`: low-probability gold tokens added
-    as points besides the divergent ones. `max_branches`: cap per turn (the most likely
-    alternatives win). `skip_special`: token ids never used as alternatives (e.g. the
-    end-of-turn token: a branch that ends the turn at once is not a call)."""
-
-    top_k: int = 2
-    lowest_k: int = 2
-    max_branches: int = 8
-    skip_special: frozenset[int] = frozenset()
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1 or self.lowest_k < 0 or self.max_branches < 1:
-            raise ValueError("branch settings: need top_k >= 1, lowest_k >= 0, max_branches >= 1")
+def top_width(cfg: BranchConfig, skip_special: Collection[int]) -> int:
+    """How many of the policy's top tokens to read per gold position (HF `topk`, vLLM
+    `prompt_logprobs`): enough for `top_k` alternatives even when the gold token and every
+    `skip_special` token rank above them."""
+    return cfg.top_k + 1 + len(set(skip_special))
 
 
-def branch_points(positions: list[GoldPosition], settings: BranchSettings) -> list[BranchPoint]:
+def branch_points(
+    positions: list[GoldPosition], cfg: BranchConfig, skip_special: Collection[int] = ()
+) -> list[BranchPoint]:
     """Where to branch and with which tokens, ordered by index then likelihood.
 
     Points: divergent positions (policy top-1 ≠ gold) and the `lowest_k` least likely gold
-    tokens. Per point up to `top_k` alternatives (tokens ≠ gold, not in `skip_special`).
+    tokens. Per point up to `top_k` alternatives (tokens ≠ gold, not in `skip_special`:
+    e.g. the end-of-turn token, as a branch that ends the turn at once is not a call).
     When over `max_branches`, the alternatives the policy likes most are kept: they are
     the errors it would actually make.
     """
+    skip = frozenset(skip_special)
     chosen = {p.index for p in positions if p.diverges}
     by_prob = sorted(positions, key=lambda p: (p.gold_logprob, p.index))
-    chosen.update(p.index for p in by_prob[: settings.lowest_k])
+    chosen.update(p.index for p in by_prob[: cfg.lowest_k])
     out: list[BranchPoint] = []
     for p in positions:
         if p.index not in chosen:
             continue
-        alts = [(t, lp) for t, lp in p.top if t != p.gold_id and t not in settings.skip_special]
-        out += [BranchPoint(p.index, t, lp) for t, lp in alts[: settings.top_k]]
-    if len(out) > settings.max_branches:
-        out = sorted(out, key=lambda b: -b.logprob)[: settings.max_branches]
+        alts = [(t, lp) for t, lp in p.top if t != p.gold_id and t not in skip]
+        out += [BranchPoint(p.index, t, lp) for t, lp in alts[: cfg.top_k]]
+    if len(out) > cfg.max_branches:
+        out = sorted(out, key=lambda b: -b.logprob)[: cfg.max_branches]
     return sorted(out, key=lambda b: (b.index, -b.logprob))
 
 

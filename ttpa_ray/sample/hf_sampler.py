@@ -21,38 +21,25 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ttpa_ray.config import SampleConfig
 from ttpa_ray.engines.base import ChatRequest
 from ttpa_ray.engines.hf_engine import ContextLengthError, HFEngine
 from ttpa_ray.sample import tokens
 from ttpa_ray.sample.branch import (
-    BranchSettings,
     GoldPosition,
     branch_cap,
     branch_points,
     branch_prefix,
     sample_cap,
+    top_width,
 )
 from ttpa_ray.sample.candidates import Candidate
-from ttpa_ray.sample.turns import Turn
-
-
-@dataclass
-class SampleSettings:
-    """Decoding settings of one TPS run (see `SampleConfig` for the documented fields)."""
-
-    n: int = 5
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    length_factor: float = 2.0
-    seed: int = 0
-    kv_reuse: bool = True
-    branch: BranchSettings = field(default_factory=BranchSettings)
+from ttpa_ray.schema.turns import Turn
 
 
 @dataclass
@@ -70,9 +57,11 @@ def _seed(seed: int, key: str) -> int:
 
 
 class HFSampler:
-    """TPS candidates from a local HF model (`engine`: an `HFEngine`, for loading/prompts)."""
+    """TPS candidates from a local HF model (`engine`: an `HFEngine`, for loading/prompts),
+    decoded as `settings` asks (n, temperature, top_p, max_tokens, length_factor, seed,
+    kv_reuse, branch; the engine and placement fields are not read here)."""
 
-    def __init__(self, engine: HFEngine, settings: SampleSettings) -> None:
+    def __init__(self, engine: HFEngine, settings: SampleConfig) -> None:
         self.engine = engine
         self.settings = settings
         self.model = engine.model
@@ -83,13 +72,8 @@ class HFSampler:
         # with a warning per call); use whichever this version's forward takes.
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        special = {int(i) for i in self.tok.all_special_ids}
-        self.branch_settings = BranchSettings(
-            top_k=settings.branch.top_k,
-            lowest_k=settings.branch.lowest_k,
-            max_branches=settings.branch.max_branches,
-            skip_special=frozenset(special | self.eos),
-        )
+        # Never a branch alternative: a branch that ends the turn at once is not a call.
+        self.skip_special = frozenset({int(i) for i in self.tok.all_special_ids} | self.eos)
 
     # -- ids -------------------------------------------------------------------------------
 
@@ -217,7 +201,7 @@ class HFSampler:
     ) -> list[GoldPosition]:
         """Per gold token: its log-prob and the policy's top-k, from teacher-forced logits
         `[1, T, V]` whose position `prompt_len - 1 + i` predicts gold token i."""
-        k = self.branch_settings.top_k + 1 + len(self.branch_settings.skip_special)
+        k = top_width(self.settings.branch, self.skip_special)
         lps = torch.log_softmax(logits[0, prompt_len - 1 : prompt_len - 1 + len(gold)], -1)
         top_lp, top_ids = lps.topk(min(k, lps.shape[-1]), -1)
         return [
@@ -249,7 +233,7 @@ class HFSampler:
         )
         fwd = len(prompt) + len(gold)
         positions = self.gold_positions(logits, 1, gold)
-        points = branch_points(positions, self.branch_settings)
+        points = branch_points(positions, self.settings.branch, self.skip_special)
         if not points:
             return TurnSample([], fwd, gold)
         s = self.settings

@@ -16,7 +16,7 @@ from typing import Any
 from ttpa_ray.engines.base import ChatRequest, EngineError, GenerationParams
 from ttpa_ray.engines.openai_engine import OpenAIEngine, choice_logprob, choice_text
 from ttpa_ray.sample.candidates import Candidate
-from ttpa_ray.sample.turns import Turn
+from ttpa_ray.schema.turns import Turn
 
 
 class OpenAISampler:

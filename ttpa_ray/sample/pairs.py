@@ -1,9 +1,13 @@
-"""The pair rule (DESIGN §5) and the `pairs` rows it yields; TRL and ShareGPT exports.
+"""The pair rules and the `pairs` rows they yield; TRL and ShareGPT exports.
 
-Pure Python. Per turn, with every candidate scored by ESM against the gold call:
+Pure Python. The TTPA rule (DESIGN §5, `pair_rows`), per turn, with every candidate scored
+by ESM against the gold call:
 - best score < threshold: chosen = the gold answer, rejected = every candidate;
 - else chosen = a best-scoring candidate, rejected = every candidate scoring below it.
 A turn whose candidates all score the same (≥ threshold) yields no pair.
+
+The response-level DPO baseline's rule (`response_pairs`): chosen = the gold answer,
+rejected = the turn's first sampled full response that scores below 1.
 """
 
 from __future__ import annotations

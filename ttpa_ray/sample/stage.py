@@ -9,8 +9,8 @@ through one Ray Data execution, so a policy is loaded once per actor per run:
       → pair map stage (the pair rule)
 
 Each shard is written the moment its last turn is out (with vLLM, whose passes regroup
-requests per turn, after the last pass), with `_SUCCESS` (and the resume key) last; a
-re-run with unchanged config, policy and episodes skips it.
+requests per turn, after the last pass), with `_SUCCESS` (and the resume key) last, as
+`ttpa_ray.runner` describes; a re-run with unchanged config, policy and episodes skips it.
 """
 
 from __future__ import annotations
@@ -27,28 +27,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ttpa_ray import storage
-from ttpa_ray.atomic import read_json, write_atomic, write_json_atomic
+from ttpa_ray import runner, storage
+from ttpa_ray.atomic import write_atomic
 from ttpa_ray.config import SampleConfig
 from ttpa_ray.ray_utils import remote_args
 from ttpa_ray.sample.candidates import Candidate, dedupe
 from ttpa_ray.sample.pairs import ScoredCandidate, pair_rows, to_sharegpt, to_trl
-from ttpa_ray.sample.turns import (
+from ttpa_ray.schema.io import (
+    StageCounts,
+    config_hash,
+    content_fingerprint,
+    model_dir_id,
+    read_table,
+    write_manifest,
+    write_rows,
+)
+from ttpa_ray.schema.records import PAIR_SCHEMA, QUARANTINE_SCHEMA, QuarantineRecord
+from ttpa_ray.schema.turns import (
     SAMPLED_SCHEMA,
     TURN_SCHEMA,
     PromptFit,
     Turn,
     episode_turns,
 )
-from ttpa_ray.schema.io import (
-    StageCounts,
-    config_hash,
-    read_table,
-    shard_done,
-    write_manifest,
-    write_rows,
-)
-from ttpa_ray.schema.records import PAIR_SCHEMA, QUARANTINE_SCHEMA, QuarantineRecord
 
 STAGE = "sample"
 SCORED_SCHEMA = SAMPLED_SCHEMA.append(pa.field("scores", pa.string()))
@@ -69,22 +70,6 @@ CANDIDATE_SCHEMA = pa.schema(
 
 
 # -- sampler actors ---------------------------------------------------------------------------
-
-
-def _settings(cfg: SampleConfig) -> Any:
-    from ttpa_ray.sample.branch import BranchSettings
-    from ttpa_ray.sample.hf_sampler import SampleSettings
-
-    return SampleSettings(
-        n=cfg.n,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_tokens=cfg.max_tokens,
-        length_factor=cfg.length_factor,
-        seed=cfg.seed,
-        kv_reuse=cfg.kv_reuse,
-        branch=BranchSettings(cfg.branch.top_k, cfg.branch.lowest_k, cfg.branch.max_branches),
-    )
 
 
 def _sampled(row: dict[str, Any], cands: list[Candidate], gold_ids: Any, tokens: int) -> dict:
@@ -123,7 +108,7 @@ class SamplerStage:
                 dtype=self.cfg.dtype,
                 max_prompt_tokens=self.cfg.max_prompt_tokens,
             )
-            self.hf = HFSampler(engine, _settings(self.cfg))
+            self.hf = HFSampler(engine, self.cfg)
         else:
             from ttpa_ray.sample.openai_sampler import OpenAISampler
 
@@ -242,30 +227,12 @@ def resolve_episodes(path: str | Path, split: str) -> Path:
     )
 
 
-def _fingerprint(path: Path) -> str:
-    """Content hash of a file, or of a directory's files (names, sizes, bytes)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def _policy_id(cfg: SampleConfig) -> str:
-    """What identifies the policy: a model dir by its files' names, sizes and mtimes (not
-    their bytes: hashing 15 GB of weights per run would cost minutes), an endpoint by URL
-    and model name."""
+    """What identifies the policy: a model dir by `model_dir_id`, an endpoint (or a URI)
+    by URL and model name."""
     p = Path(str(cfg.policy))
     if cfg.engine != "openai" and p.is_dir():
-        stats = [
-            (str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
-            for f in sorted(p.rglob("*"))
-            if f.is_file()
-        ]
-        return config_hash(stats)
+        return model_dir_id(p)
     return f"{cfg.policy}|{cfg.model}"
 
 
@@ -317,8 +284,6 @@ def run_sample(
     `out/quarantine.parquet`, `out/export/{trl,sharegpt}.jsonl` and `out/manifest.json`
     (returned). Raises ValueError on empty input or when no turn could be sampled.
     """
-    from tqdm import tqdm
-
     from ttpa_ray.ray_utils import init_ray
 
     t0 = time.perf_counter()
@@ -334,61 +299,52 @@ def run_sample(
         {
             "cfg": cfg.model_dump(exclude={"workers", "num_cpus", "batch_size", "shard_size"}),
             "policy": _policy_id(cfg),
-            "episodes": _fingerprint(src),
+            "episodes": content_fingerprint(src),
         }
     )
-    shards: list[Path] = []
-    pending: dict[int, tuple[Path, list[dict[str, Any]], list[QuarantineRecord], int]] = {}
     fit = prompt_fit(cfg)  # over-long prompts omit old tool results, as in SFT and eval
-    for k, start in enumerate(range(0, table.num_rows, cfg.shard_size)):
-        n = min(cfg.shard_size, table.num_rows - start)
-        shard = out / "shards" / f"shard-{start:08d}-{n}"
-        shards.append(shard)
-        if shard_done(shard, key):  # an unreadable marker: redone (warned)
-            continue
-        rows, bad, found = _shard_turns(table.slice(start, n).to_pylist(), k, cfg, fit)
-        pending[k] = (shard, rows, bad, found)
-    skipped = len(shards) - len(pending)
-    bar = tqdm(
-        total=len(shards), initial=skipped, desc="sample shards", unit="shard", disable=not progress
-    )
+    starts = range(0, table.num_rows, cfg.shard_size)
+    sizes = [min(cfg.shard_size, table.num_rows - start) for start in starts]
+
+    by_index: dict[int, runner.Shard] = {}  # a turn row's `shard` column → its shard
+
+    def shard(k: int, path: Path) -> runner.Shard:
+        # the payload: (turn rows, turns quarantined in the driver, turns found)
+        turns = _shard_turns(table.slice(starts[k], sizes[k]).to_pylist(), k, cfg, fit)
+        by_index[k] = runner.Shard(path, len(turns[0]), turns)
+        return by_index[k]
+
+    paths = [out / "shards" / f"shard-{st:08d}-{n}" for st, n in zip(starts, sizes, strict=True)]
+    plan = runner.ShardPlan.make(key, paths, shard)
+    bar = plan.progress("sample shards", progress)
     ran = 0
     # Shards without a single turn to sample are finished in the driver.
-    for k in [k for k, p in pending.items() if not p[1]]:
-        shard, _, bad, found = pending.pop(k)
-        _write_shard(shard, pa.Table.from_pylist([], schema=PAIRED_SCHEMA), bad, found, key)
-        ran += 1
-        bar.update(1)
-    if pending and stop_after_shards != 0:
+    streamed = [s for s in plan.pending if s.rows]
+    for s in plan.pending:
+        if not s.rows:
+            _write_shard(s, pa.Table.from_pylist([], schema=PAIRED_SCHEMA), key)
+            ran += 1
+            bar.update(1)
+    if streamed and (stop_after_shards is None or ran < stop_after_shards):
         init_ray()
         turns = pa.Table.from_pylist(
-            [r for p in pending.values() for r in p[1]], schema=TURN_SCHEMA
+            [r for s in streamed for r in s.payload[0]], schema=TURN_SCHEMA
         )
         ds = build_dataset(cfg, turns, processor_factory)
-        parts: dict[int, list[pa.Table]] = {k: [] for k in pending}
-        have = dict.fromkeys(pending, 0)
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            owners = batch["shard"].to_pylist()
-            for k in dict.fromkeys(owners):
-                part = batch.filter(pc.equal(batch["shard"], k))
-                parts[k].append(part)
-                have[k] += part.num_rows
-                shard, rows, bad, found = pending[k]
-                if have[k] < len(rows):
-                    continue
-                done_table = pa.concat_tables(parts.pop(k)).sort_by("id")
-                n_pairs = _write_shard(shard, done_table, bad, found, key)
-                ran += 1
-                bar.update(1)
-                bar.set_postfix(pairs=n_pairs)
-                if ran == stop_after_shards:
-                    break
-            if ran == stop_after_shards:
-                break
+
+        def write(s: runner.Shard, done: pa.Table) -> None:
+            n_pairs = _write_shard(s, done.sort_by("id"), key)
+            bar.update(1)
+            bar.set_postfix(pairs=n_pairs)
+
+        ran += runner.stream(
+            ds.iter_batches(batch_format="pyarrow", batch_size=None),
+            lambda batch: [by_index[k] for k in batch["shard"].to_pylist()],
+            write,
+            None if stop_after_shards is None else stop_after_shards - ran,
+        )
     bar.close()
-    if skipped + ran < len(shards):
-        return {"interrupted": True, "shards_run": ran, "shards_skipped": skipped}
-    return _finalize(cfg, src, out, shards, key, ran, skipped, time.perf_counter() - t0)
+    return plan.interrupted(ran) or _finalize(cfg, src, out, plan, ran, time.perf_counter() - t0)
 
 
 def _candidate_rows(table: pa.Table) -> list[dict[str, Any]]:
@@ -411,23 +367,17 @@ def _candidate_rows(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_shard(
-    shard: Path, table: pa.Table, bad: list[QuarantineRecord], found: int, key: str
-) -> int:
-    """A finished shard: pairs, scored candidates, quarantine and counts; `_SUCCESS` last."""
-    # An old `_SUCCESS` (another key) must not vouch for files half replaced by this run.
-    (shard / "_SUCCESS").unlink(missing_ok=True)
-    ok = table.filter(pc.is_null(table["_quarantine_reason"]))
-    failed = table.filter(pc.is_valid(table["_quarantine_reason"]))
+def _write_shard(shard: runner.Shard, table: pa.Table, key: str) -> int:
+    """A finished shard: pairs, scored candidates, quarantine and counts, written by
+    `runner.write_shard`. → its pairs."""
+    _, bad, found = shard.payload
+    ok, failed = runner.split_quarantine(table)
     pairs = [p for s in ok["pairs"].to_pylist() for p in json.loads(s)]
-    write_rows(shard / "pairs.parquet", pairs, PAIR_SCHEMA)
     cands = _candidate_rows(ok)
-    write_rows(shard / "candidates.parquet", cands, CANDIDATE_SCHEMA)
     q = [r.to_row() for r in bad]
     for r in failed.select(TURN_SCHEMA.names + ["_quarantine_reason"]).to_pylist():
         reason = r.pop("_quarantine_reason")
         q.append(QuarantineRecord.of(f"{STAGE}.candidates", r["id"], reason, r).to_row())
-    write_rows(shard / "quarantine.parquet", q, QUARANTINE_SCHEMA)
     paired_turns = len({p["id"].rsplit(":p", 1)[0] for p in pairs})
     counts = {
         "turns": StageCounts(f"{STAGE}.turns", found, table.num_rows, len(bad)),
@@ -445,10 +395,16 @@ def _write_shard(
         "forward_tokens": int(pc.sum(ok["forward_tokens"]).as_py() or 0),
         "candidates_by_source": dict(Counter(c["source"] for c in cands)),
     }
-    write_json_atomic(
-        shard / "counts.json", {"counts": {k: c.__dict__ for k, c in counts.items()}, **extra}
+    runner.write_shard(
+        shard.path,
+        key,
+        {
+            "pairs.parquet": (pairs, PAIR_SCHEMA),
+            "candidates.parquet": (cands, CANDIDATE_SCHEMA),
+            "quarantine.parquet": (q, QUARANTINE_SCHEMA),
+        },
+        {"counts": {k: c.__dict__ for k, c in counts.items()}, **extra},
     )
-    write_json_atomic(shard / "_SUCCESS", {"key": key})
     return len(pairs)
 
 
@@ -509,28 +465,25 @@ def _finalize(
     cfg: SampleConfig,
     src: Path,
     out: Path,
-    shards: list[Path],
-    key: str,
+    plan: runner.ShardPlan,
     ran: int,
-    skipped: int,
     seconds: float,
 ) -> dict[str, Any]:
-    pairs = pa.concat_tables([read_table(s / "pairs.parquet") for s in shards])
-    cands = pa.concat_tables([read_table(s / "candidates.parquet") for s in shards])
-    quarantine = pa.concat_tables([read_table(s / "quarantine.parquet") for s in shards])
-    totals: dict[str, StageCounts] = {}
+    pairs = runner.concat(plan.paths, "pairs.parquet")
+    cands = runner.concat(plan.paths, "candidates.parquet")
+    quarantine = runner.concat(plan.paths, "quarantine.parquet")
+    per_shard = runner.read_counts(plan.paths)
+    totals = runner.merge_counts(data["counts"] for data in per_shard)
     extra: dict[str, Any] = {"pairs_by_source": Counter(), "candidates_by_source": Counter()}
-    for s in shards:
-        data = read_json(s / "counts.json")
-        for name, c in data.pop("counts").items():
-            prev = totals.get(name) or StageCounts(c["stage"], 0, 0, 0)
-            totals[name] = prev.merged(c)
+    for data in per_shard:
         for k, v in data.items():
+            if k == "counts":
+                continue
             if isinstance(v, dict):
                 extra[k].update(v)
             else:
                 extra[k] = extra.get(k, 0) + v
-    counts = [c.check() for c in totals.values()]
+    counts = list(totals.values())
     write_rows(out / "quarantine.parquet", quarantine.to_pylist(), QUARANTINE_SCHEMA)
     write_rows(out / "candidates.parquet", cands.to_pylist(), CANDIDATE_SCHEMA)
     reasons = Counter(r.split(":")[0] for r in quarantine["reason"].to_pylist())
@@ -539,9 +492,9 @@ def _finalize(
         "mode": cfg.mode,
         "policy": cfg.policy,
         "episodes": str(src),
-        "resume_key": key,
+        "resume_key": plan.key,
         "shards_run": ran,
-        "shards_skipped": skipped,
+        "shards_skipped": plan.skipped,
         "seconds": round(seconds, 2),
         "quarantine_reasons": dict(reasons),
         **{k: dict(v) if isinstance(v, Counter) else v for k, v in extra.items()},

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ttpa_ray.engines.base import EngineError
-from ttpa_ray.sample.turns import Turn
+from ttpa_ray.schema.turns import Turn
 
 
 def render_prompt(tokenizer: Any, turn: Turn) -> str:
@@ -55,12 +55,6 @@ def gold_ids(tokenizer: Any, turn: Turn, eos_ids: set[int]) -> list[int]:
 
 def train_ids(tokenizer: Any, text: str) -> list[int]:
     return encode(tokenizer, text + (tokenizer.eos_token or ""))
-
-
-def eos_ids(tokenizer: Any, generation_eos: Any = None) -> set[int]:
-    """End-of-turn ids: the generation config's eos (int or list), else the tokenizer's."""
-    eos = generation_eos if generation_eos is not None else tokenizer.eos_token_id
-    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos or []}
 
 
 def completion_text(tokenizer: Any, ids: list[int], eos: set[int]) -> str:

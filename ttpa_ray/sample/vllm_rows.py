@@ -9,18 +9,17 @@ candidates. `vllm_sampler` wires these into Ray Data LLM passes (see its docstri
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import pyarrow as pa
 
 from ttpa_ray.config import SampleConfig
 from ttpa_ray.engines.base import EngineError, GenerationParams
-from ttpa_ray.engines.vllm_engine import sampling_params
+from ttpa_ray.engines.vllm_engine import dummy_prompt_ids, sampling_params
 from ttpa_ray.sample import tokens
 from ttpa_ray.sample.branch import (
     BranchPoint,
-    BranchSettings,
     GoldPosition,
     branch_cap,
     branch_points,
@@ -28,7 +27,7 @@ from ttpa_ray.sample.branch import (
     sample_cap,
 )
 from ttpa_ray.sample.candidates import Candidate, dedupe
-from ttpa_ray.sample.turns import TURN_SCHEMA, Turn
+from ttpa_ray.schema.turns import TURN_SCHEMA, Turn
 
 GOLD, GENERATE = "gold", "generate"  # processor names passed to `processor_factory`
 IDLE = "idle"  # a row with nothing to generate (dummy request)
@@ -72,17 +71,6 @@ RESULT_SCHEMA = pa.schema(
 # -- settings ---------------------------------------------------------------------------------
 
 
-def logprobs_k(top_k: int, skip_special: Iterable[int]) -> int:
-    """`prompt_logprobs` to ask for: enough for `top_k` alternatives even when the gold
-    token and every special/end-of-turn token rank above them (as the HF sampler's topk)."""
-    return top_k + 1 + len(set(skip_special))
-
-
-def branch_settings(cfg: SampleConfig, skip_special: Iterable[int]) -> BranchSettings:
-    b = cfg.branch
-    return BranchSettings(b.top_k, b.lowest_k, b.max_branches, frozenset(skip_special))
-
-
 def request_params(
     max_tokens: int,
     temperature: float = 0.0,
@@ -105,11 +93,6 @@ def request_params(
     if prompt_logprobs is not None:
         out["prompt_logprobs"] = int(prompt_logprobs)
     return out
-
-
-def _dummy_ids(tokenizer: Any) -> list[int]:
-    eos = tokenizer.eos_token_id
-    return [int(eos if eos is not None else 0)]
 
 
 # -- pure row builders ------------------------------------------------------------------------
@@ -214,7 +197,8 @@ def render_turn(
     one_token = request_params(1, seed=cfg.seed, prompt_logprobs=k if gold_pass else None)
 
     def quarantined(reason: str) -> list[dict[str, Any]]:
-        return [idle_row({**base, "_quarantine_reason": reason}, _dummy_ids(tokenizer), one_token)]
+        dummy = dummy_prompt_ids(tokenizer)
+        return [idle_row({**base, "_quarantine_reason": reason}, dummy, one_token)]
 
     try:
         turn = Turn.from_row(turn_row)
@@ -381,12 +365,13 @@ def _charged(row: dict[str, Any], result: dict[str, Any] | None) -> int:
 def expand_gold_row(
     row: dict[str, Any],
     cfg: SampleConfig,
-    settings: BranchSettings,
+    skip_special: Collection[int],
     dummy_ids: list[int],
 ) -> list[dict[str, Any]]:
     """A gold-pass output row → the generate-pass requests of its turn: one per branch
     point (+ the `n` samples in mode `both`), or one idle row (quarantined, or nothing
-    to generate). The gold pass's tokens are charged to the first row."""
+    to generate). The gold pass's tokens are charged to the first row. `skip_special`:
+    token ids never taken as branch alternatives."""
     row = {**_request_fields(row), "__inference_error__": row.get("__inference_error__")}
     idle_params = request_params(1, seed=cfg.seed)
     result = json.loads(row["_result"]) if row.get("_result") else None
@@ -402,7 +387,7 @@ def expand_gold_row(
         ]
     ids = json.loads(row["_ids"])
     prompt, gold = ids[: int(row["_n_prompt"])], json.loads(row["_gold_ids"])
-    points = branch_points(positions_from_json(result["positions"]), settings)
+    points = branch_points(positions_from_json(result["positions"]), cfg.branch, skip_special)
     rows = sample_rows(row, prompt, cfg, len(gold)) if cfg.mode == "both" else []
     rows += branch_rows(row, prompt, gold, points, cfg)
     if not rows:  # no branch point: no candidates, not a quarantine
@@ -474,13 +459,11 @@ __all__ = [
     "RESULT_SCHEMA",
     "assemble_turn",
     "branch_rows",
-    "branch_settings",
     "collect_row",
     "expand_gold_row",
     "generated_logprob",
     "gold_positions",
     "idle_row",
-    "logprobs_k",
     "positions_from_json",
     "positions_to_json",
     "postprocess_row",

@@ -30,9 +30,10 @@ shared prefixes once); the HF sampler counts tokens it actually forwarded.
 Regrouping is a `groupby(turn id)`: an all-to-all barrier, so a turn's row comes out only
 after the generate pass has seen every turn. Turn ids must be unique in the input.
 
-The pure row builders and output parsing are in `vllm_rows` (re-exported here); this
-module holds the Ray Data LLM wiring: processor configs, the per-process tokenizer, the
-batch tasks between passes and `vllm_sample`.
+The pure row builders and output parsing are in `vllm_rows`; the processors, the
+per-process tokenizer and its eos / special ids come from the vLLM adapter
+(`engines/vllm_engine.py`, shared with the `vllm` teacher). This module holds the
+sampler's processor config, the batch tasks between passes and `vllm_sample`.
 """
 
 from __future__ import annotations
@@ -47,31 +48,39 @@ from ttpa_ray.config import SampleConfig
 from ttpa_ray.engines.vllm_engine import (
     VLLMConfig,
     build_processor_config,
+    dummy_prompt_ids,
     engine_kwargs,
+    eos_ids,
+    load_tokenizer,
+    processor_factory,
     require_vllm,
+    special_ids,
 )
-from ttpa_ray.sample import tokens
-from ttpa_ray.sample.turns import SAMPLED_SCHEMA
+from ttpa_ray.sample.branch import top_width
 from ttpa_ray.sample.vllm_rows import (
     GENERATE,
     GOLD,
     REQUEST_SCHEMA,
     RESULT_SCHEMA,
-    _dummy_ids,
     assemble_turn,
-    branch_settings,
     collect_row,
     expand_gold_row,
-    logprobs_k,
     postprocess_row,
     preprocess_row,
     render_turn,
 )
+from ttpa_ray.schema.turns import SAMPLED_SCHEMA
 
 VLLM_DEFAULT_MAX_LOGPROBS = 20  # vLLM rejects (prompt_)logprobs above its `max_logprobs`
 _CPU_TASK = {"batch_format": "pyarrow", "num_cpus": 0.25}
 
 ProcessorFactory = Callable[[str], Callable[[Any], Any]]
+
+# The adapter's per-process loaders, bound to the sampler's rule: `policy` is a model
+# directory, never fetched from the hub.
+_tokenizer = functools.partial(load_tokenizer, local_files_only=True)
+_eos = functools.partial(eos_ids, local_files_only=True)
+_skip_special = functools.partial(special_ids, local_files_only=True)
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -81,48 +90,7 @@ def vllm_config(cfg: SampleConfig) -> VLLMConfig:
     """The engine settings of the `vllm` sampler (`policy` is the model dir)."""
     if not cfg.policy:
         raise ValueError("engine vllm needs `policy` (the model directory)")
-    return VLLMConfig(
-        model=cfg.policy,
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        batch_size=cfg.vllm_batch_size,
-        concurrency=cfg.concurrency,
-        accelerator_type=cfg.accelerator_type,
-        enable_prefix_caching=cfg.enable_prefix_caching,
-        max_model_len=cfg.max_model_len,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        dtype=cfg.dtype,
-    )
-
-
-# -- tokenizer (one per process) ---------------------------------------------------------------
-
-
-@functools.cache
-def _tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer of {path} has no chat template")
-    return tokenizer
-
-
-@functools.cache
-def _eos(path: str) -> frozenset[int]:
-    """End-of-turn ids as vLLM stops on them: generation_config.json's eos, else the
-    tokenizer's (the HF engine's rule)."""
-    from transformers import GenerationConfig
-
-    try:
-        generation_eos = GenerationConfig.from_pretrained(path, local_files_only=True).eos_token_id
-    except OSError:  # no generation_config.json
-        generation_eos = None
-    return frozenset(tokens.eos_ids(_tokenizer(path), generation_eos))
-
-
-def _skip_special(path: str) -> frozenset[int]:
-    tok = _tokenizer(path)
-    return frozenset({int(i) for i in tok.all_special_ids} | _eos(path))
+    return VLLMConfig.from_section(cfg, cfg.policy, batch_size=cfg.vllm_batch_size, dtype=cfg.dtype)
 
 
 # -- Ray Data tasks ---------------------------------------------------------------------------
@@ -132,7 +100,7 @@ def _render_batch(batch: pa.Table, config_json: str) -> pa.Table:
     # A task, not an actor (nothing to hold between batches but the cached tokenizer).
     cfg = SampleConfig.model_validate_json(config_json)
     path = str(cfg.policy)
-    tok, k = _tokenizer(path), logprobs_k(cfg.branch.top_k, _skip_special(path))
+    tok, k = _tokenizer(path), top_width(cfg.branch, _skip_special(path))
     rows = [r for t in batch.to_pylist() for r in render_turn(t, tok, _eos(path), cfg, k)]
     return pa.Table.from_pylist(rows, schema=REQUEST_SCHEMA)
 
@@ -146,9 +114,8 @@ def _select(batch: pa.Table) -> list[dict[str, Any]]:
 def _expand_batch(batch: pa.Table, config_json: str) -> pa.Table:
     cfg = SampleConfig.model_validate_json(config_json)
     path = str(cfg.policy)
-    settings = branch_settings(cfg, _skip_special(path))
-    dummy = _dummy_ids(_tokenizer(path))
-    rows = [r for row in _select(batch) for r in expand_gold_row(row, cfg, settings, dummy)]
+    skip, dummy = _skip_special(path), dummy_prompt_ids(_tokenizer(path))
+    rows = [r for row in _select(batch) for r in expand_gold_row(row, cfg, skip, dummy)]
     return pa.Table.from_pylist(rows, schema=REQUEST_SCHEMA)
 
 
@@ -173,15 +140,9 @@ def processor_config(cfg: SampleConfig, k: int) -> Any:
 
 def default_processor_factory(cfg: SampleConfig) -> ProcessorFactory:
     """`name → processor`: Ray Data LLM vLLM processors for `cfg` (needs vLLM)."""
-    require_vllm()
-    from ray.data.llm import build_processor
-
-    config = processor_config(cfg, logprobs_k(cfg.branch.top_k, _skip_special(str(cfg.policy))))
-
-    def factory(name: str) -> Callable[[Any], Any]:
-        return build_processor(config, preprocess=preprocess_row, postprocess=postprocess_row)
-
-    return factory
+    require_vllm()  # before loading the tokenizer: the install hint comes first
+    k = top_width(cfg.branch, _skip_special(str(cfg.policy)))
+    return processor_factory(processor_config(cfg, k), preprocess_row, postprocess_row)
 
 
 def vllm_sample(

@@ -1,4 +1,5 @@
-"""Parquet read/write, quarantine output and row accounting shared by every stage."""
+"""Parquet read/write, quarantine output, row accounting and resume keys shared by every
+stage (the shard contract built on them: `ttpa_ray.runner`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ttpa_ray.atomic import atomic_file, read_json_marker, write_json_atomic
+from ttpa_ray.atomic import atomic_file, write_json_atomic
 from ttpa_ray.schema.records import QUARANTINE_SCHEMA, QuarantineRecord
 
 log = logging.getLogger("ttpa_ray")
@@ -82,7 +83,7 @@ class StageCounts:
             )
         return self
 
-    def merged(self, counts: dict[str, Any]) -> StageCounts:
+    def merged(self, counts: Mapping[str, Any]) -> StageCounts:
         """These counts plus another shard's (a `StageCounts` dict; `seconds` optional)."""
         return StageCounts(
             self.stage,
@@ -97,6 +98,34 @@ def config_hash(obj: Any) -> str:
     """Stable short hash of a JSON-able config (for resume checks)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def content_fingerprint(path: Path) -> str:
+    """Content hash of a file, or of a directory's files (names and bytes)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def model_files(path: Path) -> list[tuple[str, int, int]]:
+    """(name relative to `path`, size, mtime in ns) of every file under a model dir: what
+    identifies a model without reading its bytes (hashing 15 GB of weights per run would
+    cost minutes)."""
+    return [
+        (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    ]
+
+
+def model_dir_id(path: Path) -> str:
+    """Short hash of `model_files(path)`."""
+    return config_hash(model_files(path))
 
 
 def write_manifest(
@@ -121,16 +150,6 @@ def write_manifest(
         **(extra or {}),
     }
     return write_json_atomic(out, manifest, indent=2, sort_keys=True, default=str)
-
-
-def shard_done(shard: Path, key: str) -> bool:
-    """Whether `shard` finished under resume key `key`: its `_SUCCESS` names the key and
-    its `counts.json` can be read. A torn or garbled marker (warned, with its path) means
-    not done, so the shard is redone rather than the run stopped."""
-    success = read_json_marker(shard / "_SUCCESS")
-    if not isinstance(success, dict) or success.get("key") != key:
-        return False
-    return read_json_marker(shard / "counts.json") is not None
 
 
 def length_stats(lengths: list[int]) -> dict[str, int]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ttpa_ray.runner import QUARANTINE_COLUMN as QUARANTINE_COL
 from ttpa_ray.schema.tool_call_text import parse_prediction
 from ttpa_ray.score.esm import (
     COMPONENTS,
@@ -16,7 +17,6 @@ from ttpa_ray.score.esm import (
     _tool_index,
 )
 
-QUARANTINE_COL = "_quarantine_reason"
 OUTPUT_COLS = ("esm_score", *(f"esm_{c}" for c in COMPONENTS), "esm_reason", QUARANTINE_COL)
 PRED_FORMATS = ("calls", "text")  # what a `pred` cell holds; see `ESMBatchScorer`
 

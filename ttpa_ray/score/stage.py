@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ttpa_ray.outdir import check_file_writable, check_replaceable, replacing_dir, replacing_file
+from ttpa_ray.runner import split_quarantine
 from ttpa_ray.schema.io import StageCounts, write_manifest
 from ttpa_ray.score.batch import PRED_FORMATS, QUARANTINE_COL, ESMBatchScorer
 from ttpa_ray.storage import is_uri
@@ -54,11 +54,11 @@ def score_dataset(
 
 
 def _ok_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch[QUARANTINE_COL])).drop_columns([QUARANTINE_COL])
+    return split_quarantine(batch, QUARANTINE_COL)[0].drop_columns([QUARANTINE_COL])
 
 
 def _bad_rows(batch: pa.Table, id_col: str) -> pa.Table:
-    bad = batch.filter(pc.is_valid(batch[QUARANTINE_COL]))
+    bad = split_quarantine(batch, QUARANTINE_COL)[1]
     raw_cols = [c for c in bad.column_names if not c.startswith("esm_") and c != QUARANTINE_COL]
     raws = bad.select(raw_cols).to_pylist()
     ids = bad[id_col].to_pylist() if id_col in bad.column_names else [None] * bad.num_rows

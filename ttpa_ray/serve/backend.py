@@ -43,19 +43,11 @@ import torch
 from ttpa_ray.engines.base import ChatRequest as EngineRequest
 from ttpa_ray.engines.base import EngineError
 from ttpa_ray.engines.hf_engine import HFEngine, truncate_at_stop
+from ttpa_ray.serve.errors import ConstraintError
 from ttpa_ray.serve.logprobs import TokenTexts, covering, step_logprobs, token_logprobs
 from ttpa_ray.serve.responses import Generation, sendable_length
 
 log = logging.getLogger("ttpa_ray")
-
-
-class ConstraintError(EngineError):
-    """The request's tools or response schema cannot be compiled into a
-    constrained-decoding grammar; `param` names the field (`tools`, `response_format`)."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class _Cancelled:

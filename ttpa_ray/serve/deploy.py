@@ -81,6 +81,27 @@ def lora_adapters(items: list[str], base: dict[str, str] | None = None) -> dict[
     return adapters
 
 
+def serve_settings(
+    cfg: ServeConfig,
+    updates: dict[str, Any] | None = None,
+    lora: list[str] | None = None,
+    run_dir: str | None = None,
+    which: str = "ttpa",
+) -> ServeConfig:
+    """The `serve` section with a command line's settings, for `ttpa-ray serve` and
+    `jobs.serve` alike: `updates` (field → value, None = not given), `--lora` items added
+    to its adapters; no model given or configured → `run_dir/which/model` when a run dir
+    is. Validated as the YAML is (a bad value: ValueError naming `serve.<field>`)."""
+    from ttpa_ray.config import apply_overrides
+
+    given = {k: v for k, v in (updates or {}).items() if v is not None}
+    if lora:
+        given["adapters"] = lora_adapters(lora, cfg.adapters)
+    if not given.get("model", cfg.model) and run_dir:
+        given["model"] = str(Path(run_dir) / which / "model")
+    return apply_overrides(cfg, given, "serve")
+
+
 def start_proxy(host: str, port: int, proxy_location: str | None = None) -> None:
     """Serve's HTTP proxy on `host:port` (on the running Ray). `proxy_location`: Serve's
     (`HeadOnly` when every client runs on the driver, as the pipeline's eval does)."""

@@ -2,13 +2,24 @@
 
 `OpenAIError` is what every route raises for a client-visible failure (the app's
 exception handler turns it into the response); `engine_error` maps what the backend
-raised for one request to the status its client gets. Pure Python: the backend's
-exception types are imported only when an exception is mapped.
+raised for one request to the status its client gets. Pure Python (the engine errors
+it maps live in `engines/base.py`, which imports neither torch nor Ray).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ttpa_ray.engines.base import ContextLengthError, EngineError
+
+
+class ConstraintError(EngineError):
+    """The request's tools or response schema cannot be compiled into a
+    constrained-decoding grammar; `param` names the field (`tools`, `response_format`)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class OpenAIError(Exception):
@@ -62,10 +73,6 @@ def engine_error(exc: Exception, prompt_param: str = "messages") -> OpenAIError:
     naming the field (`tools` or `response_format`) for a schema that cannot be
     constrained; 400 for any other `EngineError` (the request's fault); 500 for anything
     else (ours; logged by the backend, and only this request gets it)."""
-    from ttpa_ray.engines.base import EngineError
-    from ttpa_ray.engines.hf_engine import ContextLengthError
-    from ttpa_ray.serve.backend import ConstraintError
-
     if isinstance(exc, ContextLengthError):
         return bad_request(exc.detail, prompt_param, "context_length_exceeded")
     if isinstance(exc, ConstraintError):

@@ -1,5 +1,5 @@
 """The replica's ASGI guard: the API key, then the body size, before any of the body is
-parsed (README "Limits and security").
+parsed (docs/serve.md, "Limits and security").
 
 Pure ASGI (no FastAPI routing): a refused request never reaches the app. What it
 enforces is set per replica by `install` (one replica per process, so a module global is

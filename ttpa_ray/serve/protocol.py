@@ -4,8 +4,8 @@ Pure Python (pydantic, no Ray, no torch). Requests are validated here so that cl
 input can only ever produce a 4xx in OpenAI's error shape (`errors.py`), never a 500.
 Content checks (messages, tools, schemas): `checks.py`; response shapes: `responses.py`.
 
-Which request fields do what is decided in one place, `PARAMETERS` below (the README's
-Serving section lists it): a field is acted on, accepted and ignored (harmless: no
+Which request fields do what is decided in one place, `PARAMETERS` below (docs/serve.md,
+Serving, lists it): a field is acted on, accepted and ignored (harmless: no
 effect on the answer), or refused with a 400 naming it when set to anything but its
 neutral value. A field in none of these sets (e.g. a vLLM extension) is ignored; the
 app logs its name once.
@@ -161,7 +161,7 @@ class Parameters:
         for name, (neutral, why) in self.refused.items():
             if name in body and not neutral(body[name]):
                 raise bad_request(
-                    f"{name}: {why}; see the README (Serving) for the parameters this "
+                    f"{name}: {why}; see docs/serve.md (Serving) for the parameters this "
                     "server supports",
                     name,
                     "unsupported_parameter",

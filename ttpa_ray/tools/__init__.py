@@ -3,8 +3,10 @@
 from ttpa_ray.tools.catalog import (
     Catalog,
     catalog_from_entries,
+    catalog_tools,
     load_bfcl,
     load_builtin,
+    load_catalog,
     load_file,
     write_catalog,
 )
@@ -12,8 +14,10 @@ from ttpa_ray.tools.catalog import (
 __all__ = [
     "Catalog",
     "catalog_from_entries",
+    "catalog_tools",
     "load_bfcl",
     "load_builtin",
+    "load_catalog",
     "load_file",
     "write_catalog",
 ]

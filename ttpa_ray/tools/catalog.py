@@ -2,13 +2,17 @@
 
 Every loader returns `(tools, quarantine)`: the valid tools as `ToolSpec`s, and one
 `QuarantineRecord` per tool that could not be used, with the reason naming the tool and
-the offending field. Nothing is dropped silently.
+the offending field. Nothing is dropped silently. `load_catalog` picks the loader a
+source names (`builtin`, `bfcl` or a tools FILE); `catalog_tools` is what construction
+and the tiny model use: its valid tools, or an error when there are none.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,10 @@ from ttpa_ray.schema.records import QuarantineRecord
 from ttpa_ray.schema.tools import TOOL_SCHEMA, ToolSpec, ToolValidationError, validate_tool
 
 STAGE = "tools"
+# Catalog sources that name a built-in loader; any other source is a tools FILE.
+NAMED_SOURCES = ("builtin", "bfcl")
+
+log = logging.getLogger("ttpa_ray")
 
 
 @dataclass
@@ -157,6 +165,34 @@ def load_bfcl(categories: list[str] | None = None) -> Catalog:
     cat.extra["entries"] = entries
     cat.extra["bfcl_version"] = bfcl.bfcl_version()
     return cat
+
+
+def load_catalog(source: str, categories: list[str] | None = None) -> Catalog:
+    """The catalog `source` names: `builtin`, `bfcl` (only `categories`, if given; other
+    sources ignore them) or a tools FILE (FileNotFoundError / ValueError if unreadable)."""
+    if source == "builtin":
+        return load_builtin()
+    if source == "bfcl":
+        return load_bfcl(categories)
+    return load_file(source)
+
+
+@cache
+def catalog_tools(source: str) -> tuple[ToolSpec, ...]:
+    """The valid tools of `builtin`, `bfcl` or a tools file (cached per process: every
+    construct batch and step asks again). Raises FileNotFoundError / ValueError (with the
+    first invalid tool's reason when none is valid); skipped invalid tools are logged."""
+    cat = load_catalog(source)
+    if not cat.tools:
+        why = (
+            f": {len(cat.quarantine)} invalid, e.g. {cat.quarantine[0].reason}"
+            if cat.quarantine
+            else ""
+        )
+        raise ValueError(f"catalog {source!r} has no valid tools{why}")
+    if cat.quarantine:
+        log.warning("catalog %r: %d invalid tool(s) skipped", source, len(cat.quarantine))
+    return tuple(cat.tools)
 
 
 # BfclEntry fields stored as JSON strings in `bfcl_entries.parquet` (beside id, category).

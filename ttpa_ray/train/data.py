@@ -6,7 +6,7 @@ training sees exactly what sampling and serving render. Examples that cannot be 
 (never a silent drop). Nothing is ever cut from the left.
 
 - SFT turns (the default, `train.examples: turns`): one example per tool-call turn, built
-  by the one prompt builder (`sample.turns.episode_turns`: system, offered tools, history),
+  by the one prompt builder (`schema.turns.episode_turns`: system, offered tools, history),
   labelled with the gold assistant turn only. A prompt that does not fit `max_len` with its
   label omits its oldest tool results (`fit_prompt`), else it is quarantined. A seeded
   share (`final_answers`) of episodes adds their final text answer as one more example.
@@ -28,7 +28,9 @@ from typing import Any
 
 import torch
 
-from ttpa_ray.sample.turns import (
+from ttpa_ray.schema.records import messages_to_openai
+from ttpa_ray.schema.tool_call_text import canonicalize_messages, to_flat_calls
+from ttpa_ray.schema.turns import (
     PromptFit,
     PromptTooLong,
     Turn,
@@ -36,8 +38,6 @@ from ttpa_ray.sample.turns import (
     fit_prompt,
     offered_tools,
 )
-from ttpa_ray.schema.records import messages_to_openai
-from ttpa_ray.schema.tool_call_text import canonicalize_messages, to_flat_calls
 
 IGNORE = -100  # label of tokens without loss (PyTorch cross-entropy's ignore_index)
 

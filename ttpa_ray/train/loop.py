@@ -25,7 +25,7 @@ from ttpa_ray.atomic import write_json_atomic
 from ttpa_ray.config import TrainConfig
 from ttpa_ray.storage import join, local_path, upload
 from ttpa_ray.train.data import IGNORE, collate_pairs, collate_sft
-from ttpa_ray.train.objectives import AdapterDisabled, DPOSettings, dpo_loss, sft_loss
+from ttpa_ray.train.objectives import AdapterDisabled, dpo_loss, sft_loss
 
 # what rank 0 writes that the driver reads after fit() (mirrored through `sync_uri`)
 SYNCED = ("model", "metrics.jsonl", "final_logps.json")
@@ -52,7 +52,8 @@ class Trainer:
         import ray.train
         from transformers import AutoModelForCausalLM
 
-        self.c, self.cfg = c, TrainConfig.model_validate(c["train"])
+        self.c = c
+        self.cfg: TrainConfig = c["train"]  # the validated config itself (Ray pickles it)
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.on_gpu = torch.cuda.is_available() and self.cfg.use_gpu
@@ -81,8 +82,7 @@ class Trainer:
         self.examples = ray.get(c["examples"])[self.rank :: self.world]
         if not self.examples:
             raise ValueError(f"rank {self.rank}: no training examples (fewer rows than workers?)")
-        dpo = self.cfg.dpo.model_dump(exclude={"reference"})
-        self.settings = DPOSettings(**dpo) if c["mode"] == "dpo" else None
+        self.dpo = self.cfg.dpo if c["mode"] == "dpo" else None  # None: SFT
         self.reference = (
             AdapterDisabled(self.engine.module)
             if self.cfg.dpo.reference == "adapter_disabled"
@@ -118,7 +118,7 @@ class Trainer:
     def _batch(self, micro: int) -> dict[str, torch.Tensor]:
         items = batch_at(self.examples, micro, self.cfg.micro_batch_size, self.cfg.seed)
         pad = int(self.c["pad_id"])
-        batch = collate_sft(items, pad) if self.settings is None else collate_pairs(items, pad)
+        batch = collate_sft(items, pad) if self.dpo is None else collate_pairs(items, pad)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _sft_normaliser(self, batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
@@ -140,16 +140,16 @@ class Trainer:
         micro = [
             self._batch(self.step * self.cfg.grad_accum + m) for m in range(self.cfg.grad_accum)
         ]
-        normaliser, labelled = self._sft_normaliser(micro) if self.settings is None else (None, 0)
+        normaliser, labelled = self._sft_normaliser(micro) if self.dpo is None else (None, 0)
         ce_sum = 0.0
         for batch in micro:
-            if self.settings is None:
+            if self.dpo is None:
                 loss, metrics = sft_loss(self.engine, batch, normaliser)
                 ce_sum += metrics.pop("ce_sum")
                 real = batch["token_mask"] if "token_mask" in batch else batch["attention_mask"]
                 tokens += int(real.sum())
             else:
-                loss, metrics = dpo_loss(self.engine, batch, self.settings, self.reference)
+                loss, metrics = dpo_loss(self.engine, batch, self.dpo, self.reference)
                 # the prompt is forwarded once, each completion once (shared-prefix packing)
                 tokens += int(
                     batch["prompt_mask"].sum()
@@ -160,7 +160,7 @@ class Trainer:
             self.engine.step()  # DeepSpeed applies the update at the accumulation boundary
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / self.cfg.grad_accum
-        if self.settings is None:  # this worker's token mean over the whole step
+        if self.dpo is None:  # this worker's token mean over the whole step
             sums["loss"] = ce_sum / max(labelled, 1)
         sums["tokens"] = tokens
         return sums

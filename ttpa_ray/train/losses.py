@@ -42,7 +42,8 @@ def sigmoid_loss(
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
-    beta: float = 0.1,
+    *,
+    beta: float,  # no default here: `train.dpo.beta` (DPOConfig) holds it
     label_smoothing: float = 0.0,
     weights: Tensor | None = None,
 ) -> LossOutput:
@@ -66,7 +67,8 @@ def ipo_loss(
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
-    beta: float = 0.1,
+    *,
+    beta: float,  # no default here: `train.dpo.beta` (DPOConfig) holds it
     label_smoothing: float = 0.0,
     weights: Tensor | None = None,
 ) -> LossOutput:
@@ -83,7 +85,7 @@ def ipo_loss(
     )
 
 
-def esm_weights(chosen_scores: Tensor, rejected_scores: Tensor, floor: float = 0.25) -> Tensor:
+def esm_weights(chosen_scores: Tensor, rejected_scores: Tensor, floor: float) -> Tensor:
     """`floor + (1 - floor) · clamp(chosen - rejected, 0, 1)`, shape [B], in [floor, 1]."""
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"esm weight floor must be in [0, 1], got {floor}")
@@ -96,7 +98,8 @@ def esm_weighted_loss(
     policy_rejected_logps: Tensor,
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
-    beta: float = 0.1,
+    *,
+    beta: float,  # no default here: `train.dpo.beta` (DPOConfig) holds it
     label_smoothing: float = 0.0,
     weights: Tensor | None = None,
 ) -> LossOutput:
@@ -108,9 +111,9 @@ def esm_weighted_loss(
         policy_rejected_logps,
         ref_chosen_logps,
         ref_rejected_logps,
-        beta,
-        label_smoothing,
-        weights,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        weights=weights,
     )
 
 

@@ -3,11 +3,11 @@ training loop (Ray Train + DeepSpeed) calls these on whatever module it wraps.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ttpa_ray.config import DPOConfig
 from ttpa_ray.train.data import IGNORE, PairExample, collate_pairs
 from ttpa_ray.train.logprobs import branch_mask, reduce, shared_prefix_logps
 from ttpa_ray.train.losses import LENGTH_NORMALISED, esm_weights, get_loss
@@ -40,25 +40,6 @@ def sft_loss(
     return loss, {"loss": ce_sum.item() / max(tokens, 1), "tokens": tokens, "ce_sum": ce_sum.item()}
 
 
-@dataclass
-class DPOSettings:
-    """`loss_type` sigmoid | ipo | esm_weighted; `token_level`: only tokens from each pair's
-    `branch_token_index` on enter the log-ratios; `esm_floor`: least ESM weight."""
-
-    loss_type: str = "sigmoid"
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    token_level: bool = True
-    esm_floor: float = 0.25
-
-    def __post_init__(self) -> None:
-        get_loss(self.loss_type)  # an unknown name raises with the valid list
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-
-
 def _masks(batch: dict[str, Tensor], token_level: bool) -> tuple[Tensor, Tensor]:
     if not token_level:
         return batch["chosen_mask"], batch["rejected_mask"]
@@ -80,9 +61,10 @@ def pair_token_logps(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tens
 
 
 def dpo_loss(
-    model: Any, batch: dict[str, Tensor], settings: DPOSettings, ref_model: Any = None
+    model: Any, batch: dict[str, Tensor], cfg: DPOConfig, ref_model: Any = None
 ) -> tuple[Tensor, dict[str, float]]:
-    """Mean preference loss of a collated pair batch, and its metrics.
+    """Mean preference loss of a collated pair batch, and its metrics (`cfg.reference` is
+    the caller's: it chooses between the two sources below).
 
     Reference per-token log-probs come from the batch (`ref_chosen`, `ref_rejected`,
     precomputed: no reference model resident) or, if absent, from `ref_model` (for
@@ -96,20 +78,20 @@ def dpo_loss(
             rc_tok, rr_tok = pair_token_logps(ref_model, batch)
     else:
         raise ValueError("no reference log-probs: precompute them or pass ref_model")
-    mc, mr = _masks(batch, settings.token_level)
-    avg = settings.loss_type in LENGTH_NORMALISED
+    mc, mr = _masks(batch, cfg.token_level)
+    avg = cfg.loss_type in LENGTH_NORMALISED
     weights = (
-        esm_weights(batch["chosen_score"], batch["rejected_score"], settings.esm_floor)
-        if settings.loss_type == "esm_weighted"
+        esm_weights(batch["chosen_score"], batch["rejected_score"], cfg.esm_floor)
+        if cfg.loss_type == "esm_weighted"
         else None
     )
-    losses, chosen_r, rejected_r = get_loss(settings.loss_type)(
+    losses, chosen_r, rejected_r = get_loss(cfg.loss_type)(
         reduce(pc_tok, mc, avg),
         reduce(pr_tok, mr, avg),
         reduce(rc_tok, mc, avg),
         reduce(rr_tok, mr, avg),
-        beta=settings.beta,
-        label_smoothing=settings.label_smoothing,
+        beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing,
         weights=weights,
     )
     loss = losses.mean()

@@ -16,7 +16,6 @@ import json
 import random
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -31,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from ttpa_ray.config import TinyShape
 from ttpa_ray.schema.tool_call_text import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, render_tool_call
 
 PAD_TOKEN = "<|endoftext|>"
@@ -174,29 +174,8 @@ def train_bpe_tokenizer(
     return fast
 
 
-@dataclass
-class TinyModelConfig:
-    """Shape of the tiny model. The defaults give ≈0.66M parameters at vocab 2048.
-
-    vocab_size is the BPE training target; the model gets `len(tokenizer)` (≤ it).
-    """
-
-    vocab_size: int = 2048
-    min_frequency: int = 2
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 384
-    max_position_embeddings: int = 2048
-    tie_word_embeddings: bool = True
-    rms_norm_eps: float = 1e-6
-    seed: int = 0
-    template: str = "hermes"  # a key of TEMPLATES
-
-
 def build_tiny_model(
-    tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig | None = None
+    tokenizer: PreTrainedTokenizerFast, config: TinyShape | None = None
 ) -> LlamaForCausalLM:
     """A randomly initialised Llama-style causal LM sized to `tokenizer` (float32, eval mode).
 
@@ -204,7 +183,7 @@ def build_tiny_model(
     state is left untouched). Token ids: bos = pad = `<|endoftext|>`, eos = `<|im_end|>`;
     generation stops on either.
     """
-    cfg = config or TinyModelConfig()
+    cfg = config or TinyShape()
     pad_id = int(tokenizer.convert_tokens_to_ids(PAD_TOKEN))  # type: ignore[arg-type]
     eos_id = int(tokenizer.convert_tokens_to_ids(IM_END))  # type: ignore[arg-type]
     model_config = LlamaConfig(
@@ -234,15 +213,15 @@ def build_tiny_model(
 
 
 def create_tiny_model_dir(
-    texts: Iterable[str], out_dir: str | Path, config: TinyModelConfig | None = None
+    texts: Iterable[str], out_dir: str | Path, config: TinyShape | None = None
 ) -> Path:
     """Train the tokenizer on `texts`, build the model, save both into `out_dir`.
 
     Writes safetensors weights, `config.json`, `generation_config.json`, `tokenizer.json`,
     `tokenizer_config.json` (with `RESPONSE_TEMPLATE`), `chat_template.jinja` and
-    `ttpa_tiny.json` (the `TinyModelConfig`). Returns `out_dir` as a Path (created if missing).
+    `ttpa_tiny.json` (the `TinyShape`). Returns `out_dir` as a Path (created if missing).
     """
-    cfg = config or TinyModelConfig()
+    cfg = config or TinyShape()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_bpe_tokenizer(
@@ -264,7 +243,7 @@ def create_tiny_model_dir(
         json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     model.save_pretrained(out, safe_serialization=True)
-    (out / "ttpa_tiny.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    (out / "ttpa_tiny.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
     return out
 
 

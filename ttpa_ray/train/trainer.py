@@ -18,12 +18,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from ttpa_ray.atomic import read_json_marker, write_atomic, write_json_atomic
-from ttpa_ray.config import TrainConfig
+from ttpa_ray.atomic import write_atomic
+from ttpa_ray.config import TrainConfig, apply_overrides
+from ttpa_ray.runner import is_current, remarking
 from ttpa_ray.schema.io import (
     StageCounts,
     config_hash,
     length_stats,
+    model_files,
     read_rows,
     write_manifest,
     write_quarantine,
@@ -214,19 +216,17 @@ def reference_logps(
     """Attach reference per-token log-probs to `examples`: from `out/reference.parquet` when
     it was computed for the same model, data and `max_len`, else with the Ray Data stage
     (and stored there, next to the run, so a re-run or a resumed run does not recompute)."""
-    files = sorted(p for p in model_dir.iterdir() if p.is_file())
     key = config_hash(
         {
             "model": str(model_dir),
-            "model_files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+            "model_files": model_files(model_dir),
             "data": str(Path(data).resolve()),
             "max_len": cfg.max_len,
             "pairs": len(examples),
         }
     )
     path, meta = out / "reference.parquet", out / "reference.json"
-    cached = read_json_marker(meta)  # unreadable: warned, and recomputed
-    if path.exists() and isinstance(cached, dict) and cached.get("key") == key:
+    if path.exists() and is_current(meta, key):  # an unreadable marker: warned, recomputed
         for r in read_rows(path):
             e = examples[int(r["row"])]
             e.extra["ref_chosen"], e.extra["ref_rejected"] = (
@@ -234,19 +234,14 @@ def reference_logps(
                 list(r["ref_rejected"]),
             )
         return
-    # The old key must not vouch for a parquet file this run replaces and then dies.
-    meta.unlink(missing_ok=True)
-    remote, device, dtype = reference_placement(cfg)
-    add_reference(examples, model_uri or str(model_dir), pad_id, remote, device, dtype)
-    write_rows(
-        path,
-        [
+    with remarking(meta, key):
+        remote, device, dtype = reference_placement(cfg)
+        add_reference(examples, model_uri or str(model_dir), pad_id, remote, device, dtype)
+        rows = [
             {"row": i, "ref_chosen": e.extra["ref_chosen"], "ref_rejected": e.extra["ref_rejected"]}
             for i, e in enumerate(examples)
-        ],
-        REFERENCE_SCHEMA,
-    )
-    write_json_atomic(meta, {"key": key})
+        ]
+        write_rows(path, rows, REFERENCE_SCHEMA)
 
 
 def _metric_lines(path: Path) -> list[dict[str, Any]]:
@@ -279,7 +274,7 @@ def resolve_lora(cfg: TrainConfig, model_dir: Path) -> TrainConfig:
     enabled = n > LORA_AUTO_PARAMS
     if not enabled and cfg.dpo.reference == "adapter_disabled":
         raise ValueError(f"dpo.reference adapter_disabled needs LoRA; {n:,} parameters turn it off")
-    return cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": enabled})})
+    return apply_overrides(cfg, {"lora": {"enabled": enabled}}, "train")
 
 
 def scaling_config(cfg: TrainConfig) -> Any:
@@ -367,7 +362,7 @@ def run_training(
         reference_logps(examples, model_dir, data, cfg, out, pad_id, model_uri)
     loop_config = {
         "mode": mode,
-        "train": cfg.model_dump(mode="json"),
+        "train": cfg,
         "model_dir": model_uri or str(model_dir),
         "out_dir": str(out),
         "sync_uri": sync_uri,

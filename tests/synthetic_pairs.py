@@ -1,9 +1,11 @@
 """Preference pairs without a policy: gold call (chosen) vs a perturbed call (rejected).
 
-For smoke tests, benchmarks and a first DPO run before TPS exists: each pair is the first
-tool call of a schema-teacher episode against the same call with one typical error
-(`score.perturb`), in the `pairs` layout (DESIGN §2), with the called tool's schema only
-(so prompts stay short on the tiny model). Deterministic for a seed.
+A test helper (also used by `benchmarks/dpo_vs_trl.py`): DPO input without running TPS.
+Each pair is the first tool call of a schema-teacher episode against the same call with
+one typical error (`score.perturb`), in the `pairs` layout (DESIGN §2), with the called
+tool's schema only (so prompts stay short on the tiny model). Deterministic for a seed.
+It builds on two stages (construct, score), so it lives with the tests, not in
+the package. Tests import it by plain name (pytest puts `tests/` on `sys.path`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import json
 
-from ttpa_ray.sample.turns import episode_turns
+import pytest
+
+from ttpa_ray.construct.schema_teacher import build_episode
 from ttpa_ray.schema.tool_call_text import parse_tool_calls, to_flat_calls
+from ttpa_ray.schema.turns import episode_turns
+from ttpa_ray.tools.catalog import load_builtin
+
+
+@pytest.fixture(scope="module")
+def episode_rows() -> list[dict]:
+    """Schema-teacher episodes, as the TPS tests use them (tests/sample/conftest.py)."""
+    tools = load_builtin().tools
+    return [build_episode(s, tools).to_row() for s in range(6)]
 
 
 def test_every_tool_call_turn_becomes_a_prompt(episode_rows):
