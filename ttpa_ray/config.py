@@ -494,23 +494,14 @@ with warnings.catch_warnings():
             # A typo in a per-run override (`pipeline.ttpa.dpo.betaa`) fails here, naming
             # its path, not when that stage starts hours later.
             for which in ("sft", "ttpa", "dpo_response"):
-                try:
-                    self.train_for(which)
-                except ValidationError as e:
-                    raise ValueError(
-                        f"pipeline.{which} overrides `train`: {describe(e, f'pipeline.{which}.')}"
-                    ) from None
+                self.train_for(which)  # ValueError naming `pipeline.<which>.<field>`
             return self
 
         def train_for(self, which: str) -> TrainConfig:
             """The `train` section with `pipeline.<which>`'s overrides (sft, ttpa,
-            dpo_response), validated as `train` itself is; `dpo` is merged key by key."""
-            over = getattr(self.pipeline, which)
-            base = self.train.model_dump()
-            merged = {**base, **{k: v for k, v in over.items() if k != "dpo"}}
-            if "dpo" in over:
-                merged["dpo"] = {**base["dpo"], **over["dpo"]}
-            return TrainConfig.model_validate(merged)
+            dpo_response) applied by `apply_overrides`: validated as `train` itself is,
+            nested sections (`dpo`, `lora`) merged key by key."""
+            return apply_overrides(self.train, getattr(self.pipeline, which), f"pipeline.{which}")
 
 
 def load_config(path: str | Path | None) -> Config:

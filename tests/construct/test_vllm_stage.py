@@ -97,14 +97,8 @@ def test_parse_row_stores_flags_for_repair_and_quarantines():
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Any:
-    from ttpa_ray.tools.catalog import load_builtin
-    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
-
-    tools = [t.to_openai() for t in load_builtin().tools[:8]]
-    return create_tiny_model_dir(
-        catalog_texts(tools, examples_per_tool=1), tmp_path_factory.mktemp("t")
-    )
+def tokenizer_dir(tiny_model) -> Any:
+    return tiny_model
 
 
 def test_render_prompts_with_the_chat_template(tokenizer_dir):

@@ -140,10 +140,8 @@ def test_build_processor_has_only_the_engine_stage(ray_local, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
-
-    return create_tiny_model_dir(catalog_texts([WEATHER, FLIGHT]), tmp_path_factory.mktemp("tiny"))
+def model_dir(tiny_model) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """One text → calls function: a candidate scores the same in TPS and in evaluation.
 
-The same model texts go through the TPS ESM map stage (`sample.stage.score_batch`, whose
+The same model texts go through the TPS ESM map stage (`score.stage.score_candidates`, whose
 scorer reads candidates as text) and through eval's `score_prediction`; the calls found
 and the ESM must agree. Bare JSON without `<tool_call>` is no call in both (it once scored
 1.0 in TPS and 0.0 in eval).
@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 
 from ttpa_ray.eval.examples import Example, parse_prediction, score_prediction
-from ttpa_ray.sample.stage import _scorer, score_batch
 from ttpa_ray.schema.tool_call_text import parse_prediction as schema_parse_prediction
 from ttpa_ray.score.batch import ESMBatchScorer
+from ttpa_ray.score.stage import _scorer, score_candidates
 
 TOOLS = [
     {
@@ -57,7 +57,7 @@ def _tps_scores(texts: list[str]) -> list[dict]:
             "tools": [json.dumps(TOOLS)],
         }
     )
-    return list(json.loads(score_batch(batch)["scores"][0].as_py()))
+    return list(json.loads(score_candidates(batch)["scores"][0].as_py()))
 
 
 def test_eval_uses_the_schema_parser():

@@ -11,12 +11,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from ttpa_ray.config import DPOConfig, TrainConfig
-from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.data import collate_pairs
 from ttpa_ray.train.export import export_model, lora_model
 from ttpa_ray.train.logprobs import concat_logps
 from ttpa_ray.train.objectives import AdapterDisabled, dpo_loss, precompute_reference
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 
 CFG = TrainConfig.model_validate(
     {
@@ -32,11 +30,8 @@ CFG = TrainConfig.model_validate(
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    tools = [t.to_openai() for t in load_builtin().tools[:20]]
-    return create_tiny_model_dir(
-        catalog_texts(tools, examples_per_tool=1), tmp_path_factory.mktemp("tiny")
-    )
+def model_dir(tiny_model) -> Path:
+    return tiny_model
 
 
 def trained_lora(model_dir: Path):

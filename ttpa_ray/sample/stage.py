@@ -20,7 +20,6 @@ import json
 import os
 import time
 from collections import Counter
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from ttpa_ray.schema.turns import (
     Turn,
     episode_turns,
 )
+from ttpa_ray.score.stage import score_candidates
 
 STAGE = "sample"
 SCORED_SCHEMA = SAMPLED_SCHEMA.append(pa.field("scores", pa.string()))
@@ -138,35 +138,7 @@ class SamplerStage:
         return pa.Table.from_pylist(out, schema=SAMPLED_SCHEMA)
 
 
-# -- ESM and pair map stages ------------------------------------------------------------------
-
-
-@cache
-def _scorer() -> Any:
-    # One per worker process: its parsed-tools cache then spans batches (the same tool
-    # lists recur across every turn of an episode). Candidates are model text, read as
-    # evaluation reads it, so a candidate's ESM here is its ESM in eval.
-    from ttpa_ray.score.batch import ESMBatchScorer
-
-    return ESMBatchScorer(pred_format="text")
-
-
-def score_batch(batch: pa.Table) -> pa.Table:
-    """ESM map stage: a `scores` column (JSON list of `{score, reason}` per candidate)."""
-    scorer = _scorer()
-    scores = []
-    for cands, gold, tools in zip(
-        batch["candidates"].to_pylist(),
-        batch["gold_calls"].to_pylist(),
-        batch["tools"].to_pylist(),
-        strict=True,
-    ):
-        row_scores = []
-        for c in json.loads(cands):
-            cells = scorer.score_row(c["text"], gold, tools)
-            row_scores.append({"score": cells[0], "reason": cells[6]})
-        scores.append(json.dumps(row_scores))
-    return batch.append_column("scores", pa.array(scores, type=pa.string()))
+# -- pair map stage (the ESM stage before it: score.stage.score_candidates) -----------------
 
 
 def pair_batch(batch: pa.Table, threshold: float) -> pa.Table:
@@ -206,7 +178,7 @@ def build_dataset(cfg: SampleConfig, turns: pa.Table, processor_factory: Any = N
         )
     # Light CPU stages (fused into one task per block).
     light = {"batch_format": "pyarrow", "num_cpus": 0.25}
-    ds = ds.map_batches(score_batch, **light)
+    ds = ds.map_batches(score_candidates, **light)
     return ds.map_batches(pair_batch, fn_args=(cfg.threshold,), **light)
 
 

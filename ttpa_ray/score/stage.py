@@ -1,9 +1,11 @@
-"""ESM as a Ray Data stage: read Parquet, score in an actor pool, split out quarantine."""
+"""ESM as Ray Data stages: `ttpa-ray score` (read Parquet, score in an actor pool, split
+out quarantine) and TPS's map stage over each turn's candidates (`score_candidates`)."""
 
 from __future__ import annotations
 
 import json
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,33 @@ def score_dataset(
         compute=ActorPoolStrategy(size=workers),
         num_cpus=num_cpus,
     )
+
+
+@cache
+def _scorer() -> Any:
+    # One per worker process: its parsed-tools cache then spans batches (the same tool
+    # lists recur across every turn of an episode). Candidates are model text, read as
+    # evaluation reads it, so a candidate's ESM here is its ESM in eval.
+    return ESMBatchScorer(pred_format="text")
+
+
+def score_candidates(batch: pa.Table) -> pa.Table:
+    """TPS's ESM map stage: a `scores` column (JSON list of `{score, reason}` per candidate
+    in the row's `candidates`, each against its `gold_calls` with its `tools`)."""
+    scorer = _scorer()
+    scores = []
+    for cands, gold, tools in zip(
+        batch["candidates"].to_pylist(),
+        batch["gold_calls"].to_pylist(),
+        batch["tools"].to_pylist(),
+        strict=True,
+    ):
+        row_scores = []
+        for c in json.loads(cands):
+            cells = scorer.score_row(c["text"], gold, tools)
+            row_scores.append({"score": cells[0], "reason": cells[6]})
+        scores.append(json.dumps(row_scores))
+    return batch.append_column("scores", pa.array(scores, type=pa.string()))
 
 
 def _ok_rows(batch: pa.Table) -> pa.Table:

@@ -224,7 +224,9 @@ class ChatServer:
                 self._unknown_seen.add((kind, name))
                 log.warning("ignoring the unknown request field %r (%s)", name, kind)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    # No sizes here: `__init__` sets them from `serve.max_batch_size` and
+    # `serve.batch_wait_timeout_s` (the config is the one place they are written).
+    @serve.batch
     async def _generate_batched(self, reqs: list[Any]) -> list[Any]:
         # never raises: an exception here would fail every request of the batch
         self.stats.batches += 1
