@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ttpa-ray demo --config configs/tiny-cpu.yaml --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not e2e"
@@ -51,8 +51,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check ttpa_ray jobs tests benchmarks
 	$(VENV)/bin/mypy ttpa_ray jobs
 
+# every benchmarks/*.py but the helpers they share (benchmarks/_*.py)
 bench: $(BENCH_STAMP)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(BFCL_VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -26,7 +26,6 @@ gain_vs_sft_ci_low=<f> gain_vs_dpo_ci_low=<f>   (unprefixed gains: exact-call ac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -34,7 +33,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import (
+    add_start_args,
+    adopting,
+    base_config,
+    mean,
+    rows,
+    sft_start,
+    stage_state,
+    tagged,
+)
+
 MODELS = ("sft", "dpo_response", "ttpa")
 ABLATIONS = {
     # name: (pair sources kept, DPO overrides)
@@ -42,21 +51,6 @@ ABLATIONS = {
     "n_sample_only": (("n_sample",), {}),
     "ipo_token": (None, {"loss_type": "ipo", "token_level": True}),
 }
-
-
-def _rows(run: Path, model: str) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(run / "eval" / model / "heldout" / "results.parquet").to_pylist()
-
-
-def _tagged(rows: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
-    return [{**r, "id": f"{tag}:{r['id']}"} for r in rows]
-
-
-def _mean(rows: list[dict[str, Any]], metric: str) -> float:
-    xs = [float(r[metric]) for r in rows if r.get(metric) is not None]
-    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def _filter_pairs(run: Path, sources: tuple[str, ...]) -> int:
@@ -75,49 +69,19 @@ def _filter_pairs(run: Path, sources: tuple[str, ...]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "tiny-cpu.yaml"))
-    ap.add_argument("--keep", help="keep the run dirs under this directory")
-    ap.add_argument("--sft-steps", type=int, default=5000, help="the longer SFT start")
-    ap.add_argument("--tps-episodes", type=int, default=100, help="episodes TPS samples")
-    ap.add_argument("--dpo-steps", type=int, default=40, help="steps of each DPO run")
-    ap.add_argument("--eval-limit", type=int, help="held-out turns (default: the config's)")
+    add_start_args(ap)
     ap.add_argument("--no-ablations", action="store_true")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    base = base_config(args, ("ttpa", "dpo_response"))
 
-    from ttpa_ray.config import load_config
     from ttpa_ray.eval import paired_difference
     from ttpa_ray.pipeline import Pipeline, run_pipeline
 
-    base = load_config(args.config)
-    base.pipeline.sft.update(max_steps=args.sft_steps, checkpoint_every=args.sft_steps)
-    base.sample.max_episodes = args.tps_episodes
-    if args.eval_limit:
-        base.pipeline.eval_limit = args.eval_limit
-    for which in ("ttpa", "dpo_response"):
-        getattr(base.pipeline, which).update(
-            max_steps=args.dpo_steps, checkpoint_every=args.dpo_steps
-        )
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
-        from ttpa_ray.ray_utils import init_ray
-
-        init_ray(log_file=root / "ray.log")  # Ray's own output there, not on the screen
-        start = root / "sft-start"
-        t0 = time.perf_counter()
-        run_pipeline(base, start, progress=False, until="sft")
-        timings["sft_start"] = time.perf_counter() - t0
-
-        def adopting(src: Path, stages: tuple[str, ...], copy: tuple[str, ...] = ()) -> Any:
-            def prepare(pipe: Pipeline) -> None:
-                for stage in stages:
-                    if not pipe.done(stage):
-                        pipe.adopt(stage, src, link=stage not in copy)
-
-            return prepare
-
+        start, timings["sft_start"] = sft_start(base, root)
         runs: dict[int, Path] = {}
         pairs: dict[int, dict[str, int]] = {}
         for seed in range(args.seeds):
@@ -129,8 +93,7 @@ def main() -> None:
             prepare = adopting(start, ("construct", "model", "sft"))
             run_pipeline(cfg, runs[seed], progress=False, prepare=prepare)
             timings[f"seed{seed}"] = time.perf_counter() - t0
-            state = json.loads((runs[seed] / "pipeline.json").read_text())["stages"]
-            by = {s["name"]: s for s in state}
+            by = stage_state(runs[seed])
             pairs[seed] = {
                 "ttpa": by["ttpa"].get("rows_out", 0),
                 "dpo_response": by["dpo_response"].get("rows_out", 0),
@@ -154,14 +117,12 @@ def main() -> None:
 
                 run_pipeline(cfg, run, progress=False, prepare=prepare, until="eval")
                 timings[name] = time.perf_counter() - t0
-                rows = _rows(run, "ttpa")
-                state = json.loads((run / "pipeline.json").read_text())["stages"]
                 ablations[name] = {
-                    "rows": rows,
-                    "pairs": next(s for s in state if s["name"] == "ttpa").get("rows_out", 0),
+                    "rows": rows(run, "ttpa"),
+                    "pairs": stage_state(run)["ttpa"].get("rows_out", 0),
                 }
 
-        results = {s: {m: _rows(runs[s], m) for m in MODELS} for s in runs}
+        results = {s: {m: rows(runs[s], m) for m in MODELS} for s in runs}
     report(
         args, results, pairs, ablations, timings, time.perf_counter() - t_start, paired_difference
     )
@@ -191,16 +152,16 @@ def report(
     print("per seed (exact / ESM / name / parse), pairs trained on:")
     for s, by in results.items():
         cells = "  ".join(
-            f"{m} {_mean(by[m], 'exact'):.3f}/{_mean(by[m], 'esm'):.3f}/"
-            f"{_mean(by[m], 'name_acc'):.3f}/{_mean(by[m], 'parsed'):.3f}"
+            f"{m} {mean(by[m], 'exact'):.3f}/{mean(by[m], 'esm'):.3f}/"
+            f"{mean(by[m], 'name_acc'):.3f}/{mean(by[m], 'parsed'):.3f}"
             for m in MODELS
         )
         print(
             f"  seed {s}: {cells}  pairs ttpa={pairs[s]['ttpa']} response={pairs[s]['dpo_response']}"
         )
-    pooled = {m: [r for s, by in results.items() for r in _tagged(by[m], f"s{s}")] for m in MODELS}
+    pooled = {m: [r for s, by in results.items() for r in tagged(by[m], f"s{s}")] for m in MODELS}
     means = {
-        m: {k: _mean(pooled[m], k) for k in ("exact", "esm", "name_acc", "parsed")} for m in MODELS
+        m: {k: mean(pooled[m], k) for k in ("exact", "esm", "name_acc", "parsed")} for m in MODELS
     }
     for m in MODELS:
         print(
@@ -223,20 +184,20 @@ def report(
             f"  {'variant':14s} pairs  exact  ESM    d_exact_vs_sft          d_esm_vs_sft          d_esm_vs_ttpa"
         )
         print(
-            f"  {'ttpa (both)':14s} {pairs[0]['ttpa']:5d}  {_mean(seed0['ttpa'], 'exact'):.3f}  {_mean(seed0['ttpa'], 'esm'):.3f}"
+            f"  {'ttpa (both)':14s} {pairs[0]['ttpa']:5d}  {mean(seed0['ttpa'], 'exact'):.3f}  {mean(seed0['ttpa'], 'esm'):.3f}"
         )
         for name, a in ablations.items():
-            rows = a["rows"]
-            de = paired_difference(rows, seed0["sft"], "exact")
-            ds = paired_difference(rows, seed0["sft"], "esm")
-            dt = paired_difference(rows, seed0["ttpa"], "esm")
+            got = a["rows"]
+            de = paired_difference(got, seed0["sft"], "exact")
+            ds = paired_difference(got, seed0["sft"], "esm")
+            dt = paired_difference(got, seed0["ttpa"], "esm")
 
             def cell(d: dict[str, Any]) -> str:
                 lo, hi = d["ci"] or (float("nan"), float("nan"))
                 return f"{d['diff']:+.3f} [{lo:+.3f},{hi:+.3f}]"
 
             print(
-                f"  {name:14s} {a['pairs']:5d}  {_mean(rows, 'exact'):.3f}  {_mean(rows, 'esm'):.3f}  "
+                f"  {name:14s} {a['pairs']:5d}  {mean(got, 'exact'):.3f}  {mean(got, 'esm'):.3f}  "
                 f"{cell(de):22s} {cell(ds):22s} {cell(dt)}"
             )
     ok = diffs["esm-sft"]["ci"][0] > 0 and diffs["esm-dpo_response"]["ci"][0] > 0

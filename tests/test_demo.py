@@ -1,6 +1,7 @@
 """`ttpa-ray demo` (what `make demo` runs) works end to end, here on the reduced pipeline
-config: every artifact present, row accounting consistent, the served endpoints queried
-by eval, the report rendered."""
+config with the opt-in GRPO stage switched on (two steps; one run covers both, to keep CI
+short): every artifact present, row accounting consistent, the served endpoints (four
+models) queried by eval, the report rendered with its GRPO section."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 REDUCED = Path(__file__).resolve().parent / "pipeline" / "reduced.yaml"
 
@@ -18,6 +20,16 @@ REDUCED = Path(__file__).resolve().parent / "pipeline" / "reduced.yaml"
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_demo_end_to_end(tmp_path):
+    data = yaml.safe_load(REDUCED.read_text())
+    data["pipeline"]["grpo_enabled"] = True
+    data["pipeline"]["grpo"] = {
+        "max_steps": 2,
+        "checkpoint_every": 2,
+        "lr": 0.0005,
+        "grpo": {"group_size": 2, "prompts_per_step": 2, "max_tokens": 32},
+    }
+    config = tmp_path / "reduced-grpo.yaml"
+    config.write_text(yaml.safe_dump(data))
     out = subprocess.run(
         [
             sys.executable,
@@ -25,7 +37,7 @@ def test_demo_end_to_end(tmp_path):
             "ttpa_ray.cli",
             "demo",
             "--config",
-            str(REDUCED),
+            str(config),
             "--out",
             str(tmp_path / "demo"),
         ],
@@ -53,14 +65,16 @@ def test_demo_end_to_end(tmp_path):
         "sample",
         "ttpa",
         "dpo_response",
+        "grpo",
         "eval",
         "report",
     ]
     for name, rec in stages.items():
         if rec.get("rows_in") is not None:
             assert rec["rows_in"] == rec["rows_out"] + rec["rows_quarantined"], name
-    for d in ("sft", "ttpa", "dpo_response"):
+    for d in ("sft", "ttpa", "dpo_response", "grpo"):
         assert (run / d / "model" / "model.safetensors").exists(), d
+    assert len((run / "grpo" / "metrics.jsonl").read_text().splitlines()) == 2
     assert (
         pq.read_metadata(run / "sample" / "pairs.parquet").num_rows == stages["sample"]["pairs"] > 0
     )
@@ -69,8 +83,14 @@ def test_demo_end_to_end(tmp_path):
 
     # every model was served and queried over HTTP
     models = set(summary["eval"]) - {"paired", "sampling"}
-    assert models == {"sft", "dpo_response", "ttpa"}
-    assert set(summary["eval"]["paired"]) >= {"ttpa-sft", "ttpa-dpo_response"}
+    assert models == {"sft", "dpo_response", "ttpa", "grpo"}
+    assert set(summary["eval"]["paired"]) >= {
+        "ttpa-sft",
+        "ttpa-dpo_response",
+        "grpo-sft",
+        "grpo-ttpa",
+    }
+    assert summary["eval"]["paired"]["grpo-sft"]["n"] == summary["eval"]["grpo"]["n"] > 0
     for model in models:
         res = pq.read_table(run / "eval" / model / "heldout" / "results.parquet").to_pylist()
         assert res and all(r["model"] == model for r in res)
@@ -81,4 +101,7 @@ def test_demo_end_to_end(tmp_path):
         assert 0.0 <= summary["eval"][model]["esm"] <= 1.0
     html = (run / "report" / "index.html").read_text()
     assert "Headline" in html and html.count("<img") >= 4
-    assert "report:" in out.stdout and "sft" in out.stdout
+    grpo_section = html.split('<section id="grpo">', 1)[1].split("</section>", 1)[0]
+    assert "not available" not in grpo_section and "<img" in grpo_section
+    assert "report:" in out.stdout and "sft" in out.stdout and "grpo" in out.stdout
+    assert "TTPA + baseline + GRPO" in out.stdout

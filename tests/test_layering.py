@@ -44,6 +44,8 @@ ALLOWED_STAGE_EDGES = {
     ("sample", "construct"): "the pairs' ShareGPT export reuses the dataset's converter",
     ("eval", "score"): "eval grades answers with the same ESM and AST checker",
     ("report", "eval"): "the report renders eval's summaries and intervals",
+    ("train", "score"): "GRPO's reward is ESM",
+    ("train", "sample"): "GRPO rollouts decode with TPS's HF sampler (one decode loop)",
 }
 
 

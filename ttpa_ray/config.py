@@ -346,6 +346,16 @@ class PipelineConfig(Strict):
         default_factory=lambda: {"dpo": {"token_level": False, "loss_type": "sigmoid"}},
         description="`train` overrides for the response-level DPO baseline",
     )
+    # A switch of its own: `pipeline.grpo` is a typed `train` override (validated as `train`
+    # is), where an `enabled` key would be a foreign field.
+    grpo_enabled: bool = Field(
+        False,
+        description="run the grpo stage (online GRPO from the SFT model, `train.grpo`) and "
+        "evaluate it as a fourth model; off: the stage graph and its keys are as without it",
+    )
+    grpo: dict[str, Any] = Field(
+        default_factory=dict, description="`train` overrides for GRPO (with grpo_enabled)"
+    )
     eval_suites: list[str] = Field(
         ["heldout"], description="heldout | bfcl:<categories> | toolbench:<file>"
     )
@@ -392,6 +402,58 @@ class DPOConfig(Strict):
         description="reference log-probs: one batch pass before training (a Ray Data stage), "
         "or the LoRA policy with its adapter disabled (needs lora.enabled)",
     )
+
+
+GRPO_WEIGHT_PARTS = ("name", "required", "key", "type", "value")  # ESM's components
+
+
+class GRPOConfig(Strict):
+    """Online RL with ESM as the reward (`ttpa-ray train grpo`; `ttpa_ray.train.grpo`).
+    `max_steps`, `lr`, `micro_batch_size`, `lora`, `workers`, `checkpoint_every` and `seed`
+    come from `train`, as for SFT and DPO."""
+
+    group_size: int = Field(4, ge=2, description="completions sampled per prompt (the group)")
+    prompts_per_step: int = Field(8, gt=0, description="prompts per rollout batch, per worker")
+    kl_beta: float = Field(
+        0.04, ge=0.0, description="weight of the KL term to the reference (the SFT model)"
+    )
+    clip_eps: float = Field(
+        0.2, gt=0.0, description="PPO clip range of the probability ratio: [1-eps, 1+eps]"
+    )
+    epochs_per_batch: int = Field(1, gt=0, description="optimizer passes over one rollout batch")
+    temperature: float = Field(1.0, gt=0.0, description="rollout sampling temperature")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="rollout nucleus sampling")
+    max_tokens: int = Field(64, gt=0, description="new tokens per completion, at most")
+    reward: Literal["esm", "exact", "weighted"] = Field(
+        "esm",
+        description="esm: the ESM score; exact: 1 for an exact call, else 0; weighted: ESM's "
+        "components mixed with `weights` (a text with no parseable call scores 0)",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(GRPO_WEIGHT_PARTS, 1.0),
+        description="reward weighted: weight per ESM component (name, required, key, type, "
+        "value; a missing one weighs 0)",
+    )
+    advantage: Literal["sequence", "span"] = Field(
+        "span",
+        description="sequence: every token carries the completion's advantage; span: the "
+        "tokens of the tool name, argument keys and argument values carry that part's "
+        "group advantage, the rest the completion's",
+    )
+    std_normalise: bool = Field(
+        True, description="divide group advantages by the group's standard deviation"
+    )
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> GRPOConfig:
+        unknown = sorted(set(self.weights) - set(GRPO_WEIGHT_PARTS))
+        if unknown:
+            raise ValueError(f"grpo.weights: unknown ESM parts {unknown} ({GRPO_WEIGHT_PARTS})")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("grpo.weights must be >= 0")
+        if not any(w > 0 for w in self.weights.values()):
+            raise ValueError("grpo.weights: at least one weight must be > 0")
+        return self
 
 
 class TrainConfig(Strict):
@@ -450,6 +512,7 @@ class TrainConfig(Strict):
     seed: int = 0
     lora: LoraConfig = LoraConfig()
     dpo: DPOConfig = DPOConfig()
+    grpo: GRPOConfig = GRPOConfig()
     fail_once_at_step: int | None = Field(
         None, description="testing fault tolerance: rank 0 raises once at this step"
     )
@@ -493,13 +556,13 @@ with warnings.catch_warnings():
         def _overrides_are_train_settings(self) -> Config:
             # A typo in a per-run override (`pipeline.ttpa.dpo.betaa`) fails here, naming
             # its path, not when that stage starts hours later.
-            for which in ("sft", "ttpa", "dpo_response"):
+            for which in ("sft", "ttpa", "dpo_response", "grpo"):  # grpo: also when off
                 self.train_for(which)  # ValueError naming `pipeline.<which>.<field>`
             return self
 
         def train_for(self, which: str) -> TrainConfig:
             """The `train` section with `pipeline.<which>`'s overrides (sft, ttpa,
-            dpo_response) applied by `apply_overrides`: validated as `train` itself is,
+            dpo_response, grpo) applied by `apply_overrides`: validated as `train` itself is,
             nested sections (`dpo`, `lora`) merged key by key."""
             return apply_overrides(self.train, getattr(self.pipeline, which), f"pipeline.{which}")
 

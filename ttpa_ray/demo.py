@@ -128,8 +128,12 @@ def run_demo(out: Path, config: str | Path | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"ast_valid": demo_ast(entries)}
     init_ray(num_cpus=2)
     summary["esm_mean_by_perturbation"] = demo_esm(entries, out)
-    _banner("the TTPA pipeline: construct → model → SFT → TPS → TTPA + baseline → eval → report")
-    state = run_pipeline(load_config(config), out / "run")
+    cfg = load_config(config)
+    grpo = " + GRPO" if cfg.pipeline.grpo_enabled else ""
+    _banner(
+        f"the TTPA pipeline: construct → model → SFT → TPS → TTPA + baseline{grpo} → eval → report"
+    )
+    state = run_pipeline(cfg, out / "run")
     summary["pipeline"] = {
         name: {k: v for k, v in rec.items() if k != "key"} for name, rec in state["stages"].items()
     }

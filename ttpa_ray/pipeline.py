@@ -2,8 +2,9 @@
 
     construct → model (tiny, when asked) → sft → sample (TPS, both modes + ESM)
       → ttpa (token-level DPO on TPS pairs) → dpo_response (baseline: gold vs a sampled
-      response, no ESM, no token mask) → eval (each model served on Ray Serve, queried
-      over HTTP) → report
+      response, no ESM, no token mask) → grpo (online GRPO from SFT with ESM as the
+      reward; only with `pipeline.grpo_enabled`) → eval (each model served on Ray Serve,
+      queried over HTTP) → report
 
 Each stage writes under `RUN_DIR/<stage>/` and is recorded in `RUN_DIR/pipeline.json`
 with a key: the hash of its own settings and the keys of the stages it reads. A re-run
@@ -26,7 +27,8 @@ from ttpa_ray.config import Config, TrainConfig, apply_overrides
 from ttpa_ray.schema.io import config_hash, read_rows, write_rows
 from ttpa_ray.storage import StagedRun, is_uri, local_path
 
-STAGES = ("construct", "model", "sft", "sample", "ttpa", "dpo_response", "eval", "report")
+# grpo (opt-in) before eval, not right after sft: `--from grpo` re-runs no TPS nor DPO
+STAGES = ("construct", "model", "sft", "sample", "ttpa", "dpo_response", "grpo", "eval", "report")
 DEPENDS = {
     "construct": (),
     "model": ("construct",),
@@ -34,10 +36,11 @@ DEPENDS = {
     "sample": ("construct", "sft"),
     "ttpa": ("sample", "sft"),
     "dpo_response": ("sample", "sft", "construct"),
-    "eval": ("construct", "sft", "ttpa", "dpo_response"),
+    "grpo": ("construct", "sft"),
+    "eval": ("construct", "sft", "ttpa", "dpo_response", "grpo"),
     "report": ("eval",),
 }
-MODELS = ("sft", "dpo_response", "ttpa")
+MODELS = ("sft", "dpo_response", "ttpa", "grpo")  # evaluated when their stage is in the run
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -71,24 +74,32 @@ class Pipeline:
         if self.state_path.exists():
             saved = _read_state(self.state_path)
             # on disk: a list in stage order (what the report reads); here: by name
+            # a file without `stages` (an early version's) records no finished stage
             self.state["stages"] = {
-                s["name"]: {k: v for k, v in s.items() if k != "name"} for s in saved["stages"]
+                s["name"]: {k: v for k, v in s.items() if k != "name"}
+                for s in saved.get("stages", [])
             }
         self.keys: dict[str, str] = {}
+        # this run's graph: STAGES less the opt-in stages switched off, so a run without
+        # them has the stages, dependencies and keys it had before they existed
+        self.opt_in = {"grpo": cfg.pipeline.grpo_enabled}
+        self.stages = tuple(s for s in STAGES if self.opt_in.get(s, True))
         # the models the eval stage serves and scores (a benchmark's ablation: fewer)
-        self.eval_models: tuple[str, ...] = MODELS
+        self.eval_models = tuple(m for m in MODELS if m in self.stages)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
     def settings(self, stage: str) -> Any:
         c, p = self.cfg, self.cfg.pipeline
+        no_grpo = {"grpo"}  # it steers only the grpo stage: other keys stay as they were
         return {
             "construct": c.construct.model_dump(mode="json"),
             "model": {"model": p.model, "tiny": _tiny_key(p.tiny)},
-            "sft": self.train_cfg("sft").model_dump(mode="json"),
+            "sft": self.train_cfg("sft").model_dump(mode="json", exclude=no_grpo),
             "sample": c.sample.model_dump(mode="json", exclude={"policy"}),
-            "ttpa": self.train_cfg("ttpa").model_dump(mode="json"),
-            "dpo_response": self.train_cfg("dpo_response").model_dump(mode="json"),
+            "ttpa": self.train_cfg("ttpa").model_dump(mode="json", exclude=no_grpo),
+            "dpo_response": self.train_cfg("dpo_response").model_dump(mode="json", exclude=no_grpo),
+            "grpo": self.train_cfg("grpo").model_dump(mode="json"),
             "eval": {
                 "models": list(self.eval_models),
                 "suites": p.eval_suites,
@@ -103,13 +114,17 @@ class Pipeline:
         """`stage`'s resume key: `config_hash` (as for shard keys, `ttpa_ray.runner`) of its
         settings and its inputs' keys, so a changed upstream stage re-runs this one."""
         if stage not in self.keys:
-            deps = {d: self.key(d) for d in DEPENDS[stage]}
+            deps = {d: self.key(d) for d in self.depends(stage)}
             self.keys[stage] = config_hash({"settings": self.settings(stage), "deps": deps})
         return self.keys[stage]
 
     def done(self, stage: str) -> bool:
         rec = self.state["stages"].get(stage) or {}
         return rec.get("status") == "done" and rec.get("key") == self.key(stage)
+
+    def depends(self, stage: str) -> tuple[str, ...]:
+        """The stages `stage` reads (`DEPENDS`), of those this run has."""
+        return tuple(d for d in DEPENDS[stage] if d in self.stages)
 
     def adopt(self, stage: str, source: Path, link: bool = True) -> None:
         """Mark `stage` done with the outputs of another run dir's same stage (linked, or
@@ -146,29 +161,28 @@ class Pipeline:
             s["name"]: {k: v for k, v in s.items() if k != "name"} for s in stages
         }
 
-    @staticmethod
-    def inputs(stage: str) -> tuple[str, ...]:
+    def inputs(self, stage: str) -> tuple[str, ...]:
         """The stages whose outputs `stage` reads (the report reads them all)."""
-        return STAGES[: STAGES.index(stage)] if stage == "report" else DEPENDS[stage]
+        return self.stages[: self.stages.index(stage)] if stage == "report" else self.depends(stage)
 
     def shared(self, rel: str) -> str:
         """Where workers on any node read `rel`: the URI in a URI run dir, else the path."""
         return self.store.remote(rel) if self.store is not None else str(self.run / rel)
 
     def train_cfg(self, which: str) -> TrainConfig:
-        """The `train` section with the pipeline's per-run overrides (SFT, TTPA, baseline)."""
+        """The `train` section with the pipeline's per-run overrides (`Config.train_for`)."""
         return self.cfg.train_for(which)
 
     # -- running ---------------------------------------------------------------------------
 
     def run_all(self, start: str | None = None, stop_after: str | None = None) -> dict[str, Any]:
         """Run every stage that is not up to date (all from `start` on); returns the state."""
-        if start is not None and start not in STAGES:
-            raise ValueError(f"unknown stage {start!r}; stages: {', '.join(STAGES)}")
-        forced = set(STAGES[STAGES.index(start) :]) if start else set()
+        for name in (start, stop_after):
+            self.check_stage(name)
+        forced = set(self.stages[self.stages.index(start) :]) if start else set()
         t_run = time.perf_counter()
-        for i, stage in enumerate(STAGES):
-            label = f"[{i + 1}/{len(STAGES)}] {stage}"
+        for i, stage in enumerate(self.stages):
+            label = f"[{i + 1}/{len(self.stages)}] {stage}"
             if stage not in forced and self.done(stage):
                 print(f"{label}: up to date, skipped", flush=True)
                 self.state["stages"][stage]["status_this_run"] = "skipped"
@@ -222,6 +236,14 @@ class Pipeline:
             if stage == stop_after:
                 break
         return self.state
+
+    def check_stage(self, name: str | None) -> None:
+        """A ValueError unless `name` (when given) is a stage of this run."""
+        if name is None or name in self.stages:
+            return
+        if name in self.opt_in:
+            raise ValueError(f"stage {name!r} is off: set pipeline.{name}_enabled: true")
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(self.stages)}")
 
     def _fresh(self, stage: str) -> None:
         """Empty a stage's dir when it last ran under another key (changed settings or
@@ -386,6 +408,12 @@ class Pipeline:
         sft = self.run / "sft" / "model"
         return self._train("dpo", "dpo_response", path.parent, sft, self.shared("sft/model"))
 
+    def _grpo(self) -> dict[str, Any]:
+        """Online GRPO (`train.grpo`, `pipeline.grpo` overrides) on the construct's training
+        turns, from the SFT model, its reference for the KL term."""
+        sft = self.run / "sft" / "model"
+        return self._train("grpo", "grpo", self.run / "construct", sft, self.shared("sft/model"))
+
     def _eval(self) -> dict[str, Any]:
         from ray import serve
 
@@ -482,10 +510,9 @@ def run_pipeline(
     `prepare(pipeline)` runs first (e.g. a benchmark adopting finished stages)."""
     from ttpa_ray.ray_utils import init_ray
 
-    if until is not None and until not in STAGES:
-        raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
-    init_ray()
     pipe = Pipeline(cfg, run_dir, progress)
+    pipe.check_stage(until)
+    init_ray()
     if prepare is not None:
         prepare(pipe)
     pipe.timeline = NodeTimeline(pipe.run / NODES_FILE).start()

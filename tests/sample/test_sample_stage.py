@@ -15,9 +15,9 @@ from transformers import AutoTokenizer
 
 from ttpa_ray.config import SampleConfig
 from ttpa_ray.sample.stage import run_sample
-from ttpa_ray.sample.token_classes import CLASSES
 from ttpa_ray.schema.io import read_rows, write_rows
 from ttpa_ray.schema.records import EPISODE_SCHEMA, PAIR_SCHEMA
+from ttpa_ray.schema.token_classes import CLASSES
 from ttpa_ray.train.data import pair_example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

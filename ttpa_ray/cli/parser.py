@@ -152,13 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite_flag(c, OVERWRITE_DIR)
     c.set_defaults(func=cmd_construct)
 
-    tr = sub.add_parser("train", help="SFT or DPO-family training on Ray Train + DeepSpeed")
-    tr.add_argument("mode", choices=["sft", "dpo"])
+    tr = sub.add_parser("train", help="SFT, DPO-family or GRPO training on Ray Train + DeepSpeed")
+    tr.add_argument("mode", choices=["sft", "dpo", "grpo"])
     tr.add_argument("--config", help="YAML config (its `train` section)")
     tr.add_argument(
-        "--data", required=True, help="sft: construct dir or episodes Parquet; dpo: pairs"
+        "--data",
+        required=True,
+        help="sft: construct dir or episodes Parquet; dpo: pairs; grpo: construct dir, "
+        "episodes or turns Parquet",
     )
-    tr.add_argument("--model", required=True, help="HF model directory to start from")
+    tr.add_argument(
+        "--model", required=True, help="HF model directory to start from (grpo: the SFT model)"
+    )
     tr.add_argument(
         "--out",
         required=True,
@@ -243,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser(
         "pipeline",
-        help="the whole TTPA run: construct → SFT → TPS → TTPA + baselines → eval → report",
+        help="the whole TTPA run: construct → SFT → TPS → TTPA + baselines (+ GRPO) → eval "
+        "→ report",
     )
     pl.add_argument("--config", required=True, help="YAML config (every section)")
     pl.add_argument("--run-dir", required=True, help="run directory (re-running resumes)")
@@ -251,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="start",
         help="re-run from this stage on: construct, model, sft, sample, ttpa, dpo_response, "
-        "eval, report",
+        "grpo (with pipeline.grpo_enabled), eval, report",
     )
     pl.add_argument("--until", help="stop after this stage")
     _overwrite_flag(

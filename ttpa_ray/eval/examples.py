@@ -40,6 +40,7 @@ from ttpa_ray.eval.stats import bootstrap_ci
 from ttpa_ray.schema.tool_call_text import parse_prediction
 from ttpa_ray.score.ast_checker import ast_check
 from ttpa_ray.score.esm import esm_breakdown
+from ttpa_ray.score.exact import exact_match, names_match
 
 OK = "ok"
 REQUEST_ERROR = "request_error"
@@ -90,40 +91,6 @@ class Example:
     @property
     def ast_applicable(self) -> bool:
         return self.possible_answer is not None or self.ast_any_call
-
-
-def _json_value(v: Any) -> Any:
-    """Canonical form of a JSON value: integral floats become ints (JSON has one number
-    type), tuples lists; bools stay bools (`json.dumps` keeps `true` apart from `1`)."""
-    if isinstance(v, bool) or v is None or isinstance(v, str | int):
-        return v
-    if isinstance(v, float):
-        return int(v) if v.is_integer() else v
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_value(x) for x in v]
-    return v
-
-
-def call_key(call: dict[str, Any]) -> str:
-    """A flat call as one canonical string (name + arguments as sorted JSON)."""
-    return json.dumps(
-        [call.get("name"), _json_value(call.get("arguments") or {})],
-        sort_keys=True,
-        ensure_ascii=False,
-        default=str,
-    )
-
-
-def exact_match(pred: list[dict[str, Any]], gold: list[dict[str, Any]]) -> bool:
-    """Same calls as a multiset (order-insensitive, arguments compared as JSON values)."""
-    return Counter(map(call_key, pred)) == Counter(map(call_key, gold))
-
-
-def names_match(pred: list[dict[str, Any]], gold: list[dict[str, Any]]) -> bool:
-    """Same tool names as a multiset (arguments ignored)."""
-    return Counter(c.get("name") for c in pred) == Counter(c.get("name") for c in gold)
 
 
 def is_context_length_error(error: str) -> bool:

@@ -27,8 +27,14 @@ from typing import Any
 from ttpa_ray.eval.examples import CONTEXT_LENGTH_EXCEEDED, METRIC_COLUMNS
 from ttpa_ray.eval.stats import paired_difference
 
-# (a, b) pairs reported as a − b, when both models have results
-PAIRS = (("ttpa", "sft"), ("ttpa", "dpo_response"), ("dpo_response", "sft"))
+# (a, b) pairs reported as a − b, when both models have results (grpo: with the stage on)
+PAIRS = (
+    ("ttpa", "sft"),
+    ("ttpa", "dpo_response"),
+    ("dpo_response", "sft"),
+    ("grpo", "sft"),
+    ("grpo", "ttpa"),
+)
 PAIRED_METRICS = ("exact", "esm", "name_acc", "parse_rate")
 RESERVED_KEYS = ("paired", "sampling")  # top-level keys of summary.json that are not models
 SFT_MIN_PARSE_RATE = 0.5

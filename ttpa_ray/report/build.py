@@ -6,8 +6,8 @@ Every input is optional: a section whose files are missing says "not available: 
 and a section that fails on malformed input shows the error instead of aborting the page.
 
 This module holds the headline and the assembly (`SECTIONS`, `render`); the sections live in
-`sections_data` (pipeline, construct), `sections_models` (training, sampling, eval) and
-`cluster`; `Run`, `MissingInput` and the shared helpers in `common` (re-exported here).
+`sections_data` (pipeline, construct), `sections_models` (training, sampling, eval),
+`sections_grpo` (only for a run with the grpo stage) and `cluster`; `Run`, `MissingInput` and the shared helpers in `common` (re-exported here).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ttpa_ray.report.common import (
 )
 from ttpa_ray.report.html import esc, fmt, not_available, note, page, table
 from ttpa_ray.report.sections_data import _sec_construct, _sec_pipeline
+from ttpa_ray.report.sections_grpo import sec_grpo
 from ttpa_ray.report.sections_models import _sec_eval, _sec_sampling, _sec_training
 
 __all__ = [
@@ -313,18 +314,20 @@ def _sec_headline(run: Run) -> str:
 
 # -- assembly ----------------------------------------------------------------------------------
 
-SECTIONS: list[tuple[str, str, Callable[[Run], str]]] = [
+# (id, title, section): a section returning None is left out of the page and its contents
+SECTIONS: list[tuple[str, str, Callable[[Run], str | None]]] = [
     ("headline", "Headline: held-out evaluation", _sec_headline),
     ("pipeline", "Pipeline stages", _sec_pipeline),
     ("construct", "Dataset construction", _sec_construct),
     ("training", "Training curves", _sec_training),
+    ("grpo", "GRPO: online reward, KL and clipping", sec_grpo),
     ("sampling", "TPS sampling and preference pairs", _sec_sampling),
     ("eval", "Evaluation by suite", _sec_eval),
     ("cluster", "Cluster size over time", sec_cluster),
 ]
 
 
-def _render_section(run: Run, fn: Callable[[Run], str]) -> str:
+def _render_section(run: Run, fn: Callable[[Run], str | None]) -> str | None:
     try:
         return fn(run)
     except MissingInput as e:
@@ -338,17 +341,17 @@ def render(run_dir: str | Path) -> str:
     """The report page as an HTML string."""
     run = Run(Path(run_dir))
     name = run.dir.resolve().name or str(run.dir)
-    toc = "".join(f'<li><a href="#{sid}">{esc(title)}</a></li>' for sid, title, _ in SECTIONS)
+    sections = [(sid, title, _render_section(run, fn)) for sid, title, fn in SECTIONS]
+    shown = [(sid, title, html) for sid, title, html in sections if html is not None]
+    toc = "".join(f'<li><a href="#{sid}">{esc(title)}</a></li>' for sid, title, _ in shown)
     header = (
         f"<h1>TTPA run report: {esc(name)}</h1>\n"
         f'<p class="meta">run dir <code>{esc(run.dir.resolve())}</code> · generated '
         f"{esc(time.strftime('%Y-%m-%d %H:%M:%S %Z'))} by ttpa_ray.report</p>"
     )
     body = []
-    for sid, title, fn in SECTIONS:
-        body.append(
-            f'<section id="{sid}">\n<h2>{esc(title)}</h2>\n{_render_section(run, fn)}\n</section>'
-        )
+    for sid, title, html in shown:
+        body.append(f'<section id="{sid}">\n<h2>{esc(title)}</h2>\n{html}\n</section>')
         if sid == "headline":
             body.append(f'<nav class="toc"><strong>Contents</strong><ol>{toc}</ol></nav>')
     return page(f"TTPA run report: {name}", header, "\n".join(body))

@@ -12,7 +12,7 @@ from typing import Any
 
 from ttpa_ray.report.html import Markup, esc, fmt, table
 
-MODELS = ("sft", "dpo_response", "ttpa")  # the pipeline's models, in report order
+MODELS = ("sft", "dpo_response", "ttpa", "grpo")  # the pipeline's models, in report order
 HEADLINE_SUITE = "heldout"
 METRICS = (("esm", "mean ESM"), ("exact", "exact-call acc."), ("ast", "AST acc."))
 # the headline's metrics, exact-call accuracy first (DESIGN §7); AST only where it applies

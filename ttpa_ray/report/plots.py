@@ -22,7 +22,7 @@ STATUS_COLORS = {
     "running": "#d4a72c",
 }
 # fixed colours per model so every plot uses the same one for the same model
-MODEL_COLORS = {"sft": "#4C72B0", "dpo_response": "#DD8452", "ttpa": "#55A868"}
+MODEL_COLORS = {"sft": "#4C72B0", "dpo_response": "#DD8452", "ttpa": "#55A868", "grpo": "#2CA6A4"}
 _CYCLE = ["#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
 
 
@@ -86,6 +86,23 @@ def reward_curves(
         a.legend(fontsize=8)
     models = ", ".join(sorted(set(acc) | set(margin)))
     return to_img(fig, f"line plots of DPO reward accuracy and reward margin per step for {models}")
+
+
+def step_panels(
+    panels: Sequence[tuple[str, str, Mapping[str, tuple[Sequence[float], Sequence[float]]]]],
+    alt: str,
+) -> Markup:
+    """Line plots side by side, one per `(title, ylabel, {label: (steps, values)})`, over
+    the optimizer step (a legend when a panel has more than one line)."""
+    fig, axes = new_figure(ncols=len(panels), figsize=(4.0 * len(panels), 3.5))
+    for ax, (title, ylabel, series) in zip(axes, panels, strict=True):
+        for i, (name, (steps, vals)) in enumerate(series.items()):
+            ax.plot(steps, vals, label=name, color=color_for(name, i), lw=1.4)
+        ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    return to_img(fig, alt)
 
 
 def histograms(

@@ -45,6 +45,8 @@ def _sec_training(run: Run) -> str:
     loaded: dict[str, list[dict[str, Any]]] = {}
     missing = []
     for m in MODELS:
+        if m == "grpo":  # its curves (reward, KL, clipping) are the GRPO section's
+            continue
         rel = f"{m}/metrics.jsonl"
         try:
             recs = run.jsonl(rel)

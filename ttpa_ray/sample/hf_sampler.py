@@ -56,12 +56,25 @@ def _seed(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x00{key}".encode()).digest()[:8], "little")
 
 
-class HFSampler:
-    """TPS candidates from a local HF model (`engine`: an `HFEngine`, for loading/prompts),
-    decoded as `settings` asks (n, temperature, top_p, max_tokens, length_factor, seed,
-    kv_reuse, branch; the engine and placement fields are not read here)."""
+@dataclass
+class PolicyView:
+    """What `HFSampler` decodes with, over a model already in memory (a training worker's
+    live policy: GRPO rollouts). It renders no prompts: sample it with `group`."""
 
-    def __init__(self, engine: HFEngine, settings: SampleConfig) -> None:
+    model: Any
+    tokenizer: Any
+    eos_token_ids: list[int]
+    device: torch.device
+    max_length: int
+
+
+class HFSampler:
+    """TPS candidates from a local HF model (`engine`: an `HFEngine`, for loading/prompts,
+    or a `PolicyView`), decoded as `settings` asks (n, temperature, top_p, max_tokens,
+    length_factor, seed, kv_reuse, branch; the engine and placement fields are not read
+    here)."""
+
+    def __init__(self, engine: HFEngine | PolicyView, settings: SampleConfig) -> None:
         self.engine = engine
         self.settings = settings
         self.model = engine.model
@@ -80,6 +93,8 @@ class HFSampler:
     def prompt_ids(self, turn: Turn) -> list[int]:
         """The rendered prompt; `ContextLengthError` when it is over `max_prompt_tokens` or
         leaves no room in the context (never truncated)."""
+        if isinstance(self.engine, PolicyView):
+            raise TypeError("a PolicyView renders no prompts: sample prompt ids with group()")
         return self.engine.encode(
             ChatRequest(turn.prompt, turn.tools, turn.id), self.settings.max_tokens
         )
@@ -173,28 +188,39 @@ class HFSampler:
         """`n` samples (temperature, top-p) sharing one prompt forward (`kv_reuse=False`:
         the prompt is forwarded once per sample, as `generate(num_return_sequences=n)`
         does: the reference cost)."""
-        s = self.settings
         prompt = self.prompt_ids(turn)
         gold = self.gold_ids(turn)
-        copies = 1 if s.kv_reuse else s.n
-        # Only the last position's logits are needed (no [P, vocab] projection).
-        logits, cache = self._forward(torch.tensor([prompt] * copies), None, logits_to_keep=1)
-        gen = None
-        if s.temperature > 0:
-            gen = torch.Generator().manual_seed(_seed(s.seed, turn.id))
-        last = logits[:1, -1].expand(s.n, -1)
-        first = self._pick(last, gen)
-        lp0 = torch.log_softmax(last, -1).gather(-1, first[:, None]).squeeze(-1)
-        if s.kv_reuse:
-            cache.batch_repeat_interleave(s.n)
-        # A sample ends where the context does (prompt + sample ≤ context).
-        cap = min(self._cap(len(gold)), self.engine.max_length - len(prompt))
-        seqs, logps, fwd = self._decode(cache, first, lp0, None, None, cap, gen)
+        seqs, logps, fwd = self.group(prompt, self.settings.n, self._cap(len(gold)), turn.id)
         cands = []
         for ids, lp in zip(seqs, logps, strict=True):
             text = self._text(ids)
             cands.append(Candidate(text, "n_sample", -1, self.train_ids(text), lp))
-        return TurnSample(cands, copies * len(prompt) + fwd, gold)
+        return TurnSample(cands, fwd, gold)
+
+    @torch.inference_mode()
+    def group(
+        self, prompt: list[int], n: int, cap: int, key: str
+    ) -> tuple[list[list[int]], list[float], int]:
+        """`n` completions of `prompt` (ids through the end-of-turn token, or `cap` tokens
+        and at most to the context's end), their summed log-probs and the tokens forwarded
+        (the prompt once with `kv_reuse`, else `n` times; then every decoded token).
+        Sampling is seeded by (`settings.seed`, `key`): the same key, the same group."""
+        s = self.settings
+        copies = 1 if s.kv_reuse else n
+        # Only the last position's logits are needed (no [P, vocab] projection).
+        logits, cache = self._forward(torch.tensor([prompt] * copies), None, logits_to_keep=1)
+        gen = None
+        if s.temperature > 0:
+            gen = torch.Generator().manual_seed(_seed(s.seed, key))
+        last = logits[:1, -1].expand(n, -1)
+        first = self._pick(last, gen)
+        lp0 = torch.log_softmax(last, -1).gather(-1, first[:, None]).squeeze(-1)
+        if s.kv_reuse:
+            cache.batch_repeat_interleave(n)
+        # A sample ends where the context does (prompt + sample ≤ context).
+        cap = min(cap, self.engine.max_length - len(prompt))
+        seqs, logps, fwd = self._decode(cache, first, lp0, None, None, cap, gen)
+        return seqs, logps, copies * len(prompt) + fwd
 
     def gold_positions(
         self, logits: torch.Tensor, prompt_len: int, gold: list[int]

@@ -399,7 +399,7 @@ def _divergence(cfg: SampleConfig, pairs: pa.Table) -> dict[str, Any]:
     not the weights. A diagnostic, so a tokenizer that will not load is recorded as
     `branch_divergence_error` rather than failing a finished run.
     """
-    from ttpa_ray.sample.token_classes import branch_divergence
+    from ttpa_ray.schema.token_classes import branch_divergence
 
     rows = pairs.select(["source", "branch_token_index", "chosen_text"]).to_pylist()
     if not any(r["source"] == "branch" and r["branch_token_index"] >= 0 for r in rows):

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ttpa_ray.schema.records import messages_to_openai
+from ttpa_ray.schema.records import QuarantineRecord, messages_to_openai
 from ttpa_ray.schema.tool_call_text import canonicalize_messages, to_flat_calls
 from ttpa_ray.schema.turns import (
     PromptFit,
@@ -128,6 +128,20 @@ def _share(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def fitted_turns(
+    tokenizer: Any,
+    row: dict[str, Any],
+    max_turns: int | None = None,
+    distractors: int | None = None,
+    max_prompt_tokens: int | None = None,
+) -> tuple[list[Turn], list[QuarantineRecord]]:
+    """The tool-call turns of one episode row as SFT and GRPO train on them (`episode_turns`
+    with prompts fitted to `max_prompt_tokens` by this tokenizer, as TPS and eval fit them),
+    and the quarantined ones."""
+    fit = PromptFit.for_tokenizer(tokenizer, max_prompt_tokens) if max_prompt_tokens else None
+    return episode_turns(row, max_turns, distractors, fit)
+
+
 def sft_turn_examples(
     tokenizer: Any,
     row: dict[str, Any],
@@ -143,8 +157,7 @@ def sft_turn_examples(
     be used). Turns come from `episode_turns` (the prompts TPS and eval use, fitted to
     `max_prompt_tokens` as there); the final text answer is added for a seeded
     `final_answers` share of episodes."""
-    fit = PromptFit.for_tokenizer(tokenizer, max_prompt_tokens) if max_prompt_tokens else None
-    turns, bad = episode_turns(row, max_turns, distractors, fit)
+    turns, bad = fitted_turns(tokenizer, row, max_turns, distractors, max_prompt_tokens)
     skipped = [(q.row_id, q.reason) for q in bad]
     out: list[SFTExample] = []
     for t in turns:

@@ -2,6 +2,7 @@
 
     fit: load model (+ LoRA) → deepspeed.initialize → resume from Ray Train's checkpoint
          → for each optimizer step: `grad_accum` micro-batches (SFT or DPO objective)
+           (GRPO: for each rollout step, `grpo_loop.GRPOStep`: rollouts, then updates)
          → metrics (rank 0: JSON lines + TensorBoard) → checkpoint every K steps
          → gather the final weights (ZeRO-3: on rank 0) → export an HF directory.
 
@@ -71,12 +72,22 @@ class Trainer:
 
             model = lora_model(model, self.cfg)
         self.n_params = _count_params(model)
+        from ttpa_ray.train import grpo_loop
         from ttpa_ray.train.ds import deepspeed_config, measure_matmul_flops
 
+        grpo = c["mode"] == "grpo"
+        # GRPO's KL reference without LoRA: the starting weights, copied before training
+        frozen = (
+            grpo_loop.frozen_copy(model, self.device)
+            if grpo and not self.cfg.lora.enabled
+            else None
+        )
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=deepspeed_config(self.cfg, self.on_gpu),
+            config=deepspeed_config(
+                grpo_loop.engine_config(self.cfg) if grpo else self.cfg, self.on_gpu
+            ),
         )
         self.peak_flops = measure_matmul_flops(int(model.config.hidden_size) * 4, self.device)
         self.examples = ray.get(c["examples"])[self.rank :: self.world]
@@ -86,6 +97,13 @@ class Trainer:
         self.reference = (
             AdapterDisabled(self.engine.module)
             if self.cfg.dpo.reference == "adapter_disabled"
+            else None
+        )
+        self.grpo = (
+            grpo_loop.GRPOStep(
+                self, frozen if frozen is not None else AdapterDisabled(self.engine.module)
+            )
+            if grpo
             else None
         )
         self.out = Path(c["out_dir"])
@@ -135,6 +153,8 @@ class Trainer:
         return max(float(total), 1.0) / (self.cfg.grad_accum * self.world), labelled
 
     def train_step(self) -> dict[str, float]:
+        if self.grpo is not None:
+            return self.grpo.step(self.step)
         sums: dict[str, float] = {}
         tokens = 0
         micro = [
@@ -248,7 +268,7 @@ def _as_sft(example: Any) -> Any:
         return example
     if hasattr(example, "position_ids"):  # a packed row: probed as one sequence
         return SFTExample(example.input_ids, example.labels)
-    ids = example.prompt_ids + example.chosen_ids
+    ids = example.prompt_ids + getattr(example, "chosen_ids", [])  # GRPO: the prompt alone
     return SFTExample(ids, ids)
 
 

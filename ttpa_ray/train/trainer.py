@@ -3,6 +3,7 @@ the loop on Ray Train workers (`TorchTrainer` + DeepSpeed), the manifest.
 
     ttpa-ray train sft --config configs/tiny-cpu.yaml --data runs/x/construct --model DIR --out DIR
     ttpa-ray train dpo --config configs/tiny-cpu.yaml --data pairs.parquet --model DIR --out DIR
+    ttpa-ray train grpo --config configs/tiny-cpu.yaml --data runs/x/construct --model SFT_DIR --out DIR
 
 Rows that cannot become examples (no assistant tokens, a completion longer than
 `max_len`, ...) go to `OUT/quarantine.parquet` with the reason; the manifest counts them.
@@ -40,18 +41,19 @@ from ttpa_ray.train.data import (
     sft_example,
     sft_turn_examples,
 )
+from ttpa_ray.train.grpo_loop import TURN_COLUMNS, grpo_prompts
 
 log = logging.getLogger("ttpa_ray")
-MODES = ("sft", "dpo")
+MODES = ("sft", "dpo", "grpo")
 PAIR_COLUMNS = ("prompt", "tools")
 
 
 def data_rows(path: str | Path, mode: str) -> list[dict[str, Any]]:
     """Rows of `path`: a Parquet file, a directory of them, a construct output directory
-    (sft: its `episodes/train.parquet`) or a sample output directory (dpo: its
-    `pairs.parquet`)."""
+    (sft, grpo: its `episodes/train.parquet`) or a sample output directory (dpo: its
+    `pairs.parquet`). GRPO reads episodes or turns (`schema.turns.TURN_SCHEMA`)."""
     p = Path(path)
-    if mode == "sft" and (p / "episodes" / "train.parquet").exists():
+    if mode in ("sft", "grpo") and (p / "episodes" / "train.parquet").exists():
         p = p / "episodes" / "train.parquet"
     if mode == "dpo" and (p / "pairs.parquet").is_file():
         p = p / "pairs.parquet"
@@ -61,7 +63,9 @@ def data_rows(path: str | Path, mode: str) -> list[dict[str, Any]]:
     rows = [r for f in files for r in read_rows(f)]
     if not rows:
         raise ValueError(f"{path}: the dataset is empty")
-    need = ("messages", "tools") if mode == "sft" else PAIR_COLUMNS
+    need: tuple[str, ...] = ("messages", "tools") if mode == "sft" else PAIR_COLUMNS
+    if mode == "grpo":
+        need = TURN_COLUMNS if "gold_calls" in rows[0] else ("messages", "tools")
     missing = [c for c in need if c not in rows[0]]
     if mode == "dpo" and not ({"chosen", "chosen_text"} & rows[0].keys()):
         missing.append("chosen|chosen_text")
@@ -76,13 +80,16 @@ def prepare_examples(
     """Tokenised examples, quarantine records for what cannot be used, and how many
     examples omit old tool results to fit `max_len` (nothing is cut from the left).
 
-    SFT with `examples: turns` makes one example per tool-call turn (`sft_turn_examples`);
-    its quarantine records are per turn, so rows in = episodes and the counts are kept by
-    the caller in turns (see `run_training`)."""
+    SFT with `examples: turns` makes one example per tool-call turn (`sft_turn_examples`),
+    GRPO one prompt per turn (`grpo_prompts`); their quarantine records are per turn, so
+    rows in = episodes and the counts are kept by the caller in turns (see `run_training`)."""
     examples: list[Any] = []
     bad: list[QuarantineRecord] = []
     fitted = 0
     stage = f"train.{mode}"
+    if mode == "grpo":
+        prompts, bad = grpo_prompts(tokenizer, rows, cfg)
+        return prompts, bad, sum(int(p.fitted) for p in prompts)
     for i, row in enumerate(rows):
         if mode == "sft" and cfg.examples == "turns":
             got, skipped = sft_turn_examples(
@@ -302,7 +309,8 @@ def run_training(
     sync_uri: str | None = None,
     model_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Train (`sft` or `dpo`) on Ray Train workers; export to `out/model`; the manifest.
+    """Train (`sft`, `dpo` or `grpo`) on Ray Train workers; export to `out/model`; the
+    manifest.
 
     With `sync_uri` (the stage's dir in a run dir on s3:// or gs://), Ray Train keeps its
     checkpoints there and rank 0 uploads the export, which is pulled back into `out`;
@@ -332,8 +340,9 @@ def run_training(
     examples, bad, fitted = prepare_examples(mode, rows, tokenizer, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_quarantine(out / "quarantine.parquet", bad)
-    # SFT turns: the unit is a turn (one example or one quarantine record each)
-    n_in = len(examples) + len(bad) if mode == "sft" and cfg.examples == "turns" else len(rows)
+    # SFT turns, GRPO: the unit is a turn (one example or one quarantine record each)
+    per_turn = mode == "grpo" or (mode == "sft" and cfg.examples == "turns")
+    n_in = len(examples) + len(bad) if per_turn else len(rows)
     counts = StageCounts(f"train.{mode}.examples", n_in, len(examples), len(bad)).check()
     if mode == "sft":  # SFT prompts are the label-free head of each example
         prompts = [next((i for i, t in enumerate(e.labels) if t != IGNORE), 0) for e in examples]

@@ -6,7 +6,7 @@ import json
 
 from transformers import AutoTokenizer
 
-from ttpa_ray.sample.token_classes import (
+from ttpa_ray.schema.token_classes import (
     CLASSES,
     branch_divergence,
     call_spans,
@@ -82,8 +82,8 @@ def test_token_class_uses_the_first_non_space_character():
     assert token_class(text, len(text)) == "tag"  # past the end: end of turn
 
 
-def test_branch_divergence_with_a_real_tokenizer(tiny_model_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+def test_branch_divergence_with_a_real_tokenizer(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
     full, spans = token_char_spans(tok, CALL)
     assert full == CALL + tok.eos_token
     ids = tok(full, add_special_tokens=False)["input_ids"]

@@ -1,8 +1,10 @@
-"""Where in a tool call a branch pair diverges: character classes of a completion text.
+"""Which part of a tool call each character of a completion text spells.
 
-Pure Python. A branch pair's chosen and rejected share their tokens up to
-`branch_token_index`; the chosen token there covers some characters of the chosen text,
-and their class says what kind of decision the pair teaches:
+Pure Python; TPS and GRPO both read it. TPS: a branch pair's chosen and rejected share
+their tokens up to `branch_token_index`; the chosen token there covers some characters of
+the chosen text, and their class says what kind of decision the pair teaches. GRPO
+(`train.grpo`): the class of a completion token says which ESM part's credit it carries.
+The classes:
 
 - `tag`: `<tool_call>` / `</tool_call>`, the whitespace around and between blocks, and
   special tokens such as `<|im_end|>` (also any offset past the end: the end of turn);
