@@ -407,6 +407,34 @@ class DPOConfig(Strict):
 GRPO_WEIGHT_PARTS = ("name", "required", "key", "type", "value")  # ESM's components
 
 
+class GRPOVLLMConfig(VLLMEngineFields):
+    """The vLLM rollout engines of `grpo.rollout: vllm` (GPU): `concurrency` Ray actors,
+    each one vLLM engine, shared by every training worker. Nested, not flat: `concurrency`,
+    `max_model_len`, ... describe the engines, not GRPO, and `grpo` already has its own
+    `temperature`/`top_p`/`max_tokens` (which the engines sample with)."""
+
+    num_gpus: float = Field(1.0, gt=0.0, description="GPUs per engine actor")
+    accelerator_type: str | None = Field(
+        None, description="GPU type the engine actors need, e.g. H100 (scales that node group)"
+    )
+    sync_dir: str | None = Field(
+        None,
+        description="weight_sync lora: directory on storage every engine node reads, where "
+        "each step's adapter is saved (None: <out>/rollout-adapters)",
+    )
+    sync_timeout_s: float = Field(
+        600.0, gt=0.0, description="how long a worker waits for the engines' new weights"
+    )
+
+    @model_validator(mode="after")
+    def _one_gpu_per_engine(self) -> GRPOVLLMConfig:
+        # An engine actor is one vLLM process on its own GPUs; tensor parallelism would need
+        # vLLM's own Ray executor inside the actor (a placement group per engine): not wired.
+        if self.tensor_parallel_size != 1:
+            raise ValueError("grpo.vllm.tensor_parallel_size: only 1 is supported")
+        return self
+
+
 class GRPOConfig(Strict):
     """Online RL with ESM as the reward (`ttpa-ray train grpo`; `ttpa_ray.train.grpo`).
     `max_steps`, `lr`, `micro_batch_size`, `lora`, `workers`, `checkpoint_every` and `seed`
@@ -442,6 +470,21 @@ class GRPOConfig(Strict):
     )
     std_normalise: bool = Field(
         True, description="divide group advantages by the group's standard deviation"
+    )
+    rollout: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="hf: the live policy generates in each training worker (CPU or GPU); "
+        "vllm: `vllm.concurrency` vLLM engine actors (GPU), weights synced every step",
+    )
+    weight_sync: Literal["lora", "full"] = Field(
+        "lora",
+        description="rollout vllm: lora (the adapter saved to `vllm.sync_dir` each step and "
+        "hot-loaded by the engines; needs lora.enabled) | full (every weight pushed to each "
+        "engine through the Ray object store; needs lora off)",
+    )
+    vllm: GRPOVLLMConfig = Field(
+        default_factory=GRPOVLLMConfig,
+        description="rollout: vllm: the rollout engines (Ray actors) and the weight sync",
     )
 
     @model_validator(mode="after")
@@ -521,6 +564,26 @@ class TrainConfig(Strict):
     def _reference_needs_lora(self) -> TrainConfig:
         if self.dpo.reference == "adapter_disabled" and self.lora.enabled is False:
             raise ValueError("dpo.reference adapter_disabled needs lora.enabled")
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_rollouts(self) -> TrainConfig:
+        # `lora.enabled: None` is resolved from the model size before training and the
+        # config validated again (`trainer.resolve_lora`), so both checks also catch it.
+        g = self.grpo
+        if g.rollout != "vllm":
+            return self
+        if g.weight_sync == "lora" and self.lora.enabled is False:
+            raise ValueError("grpo.weight_sync lora (rollout vllm) needs lora.enabled")
+        if g.weight_sync == "full" and self.lora.enabled:
+            raise ValueError(
+                "grpo.weight_sync full (rollout vllm) needs lora off: the engines load plain "
+                "weights (use weight_sync lora)"
+            )
+        if self.zero_stage == 3:
+            raise ValueError(
+                "grpo.rollout vllm needs zero_stage < 3: rank 0 reads whole weights to sync"
+            )
         return self
 
 

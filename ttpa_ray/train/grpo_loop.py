@@ -27,7 +27,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -129,6 +129,39 @@ class Rollout:
     ref_logps: list[float] = field(default_factory=list)
 
 
+Group = tuple[list[list[int]], list[float], int]  # completions, summed log-probs, forwarded
+
+
+class Rollouts(Protocol):
+    """Where a rollout batch's groups come from (`grpo.rollout`)."""
+
+    def groups(
+        self, prompts: list[list[int]], n: int, max_tokens: int, keys: list[str]
+    ) -> list[Group]:
+        """Per prompt, `n` completions (ids through the end-of-turn token, or `max_tokens`),
+        their summed log-probs and the tokens forwarded; seeded by `keys` (one per prompt)."""
+        ...
+
+    def sync(self, step: int, module: Any) -> None:
+        """Make the next `groups` sample from `module`'s weights, version `step`."""
+        ...
+
+
+class HFRollouts:
+    """`grpo.rollout: hf`: the live policy samples in this worker (`HFSampler.group`)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def groups(
+        self, prompts: list[list[int]], n: int, max_tokens: int, keys: list[str]
+    ) -> list[Group]:
+        return [self.sampler.group(p, n, max_tokens, k) for p, k in zip(prompts, keys, strict=True)]
+
+    def sync(self, step: int, module: Any) -> None:
+        """Nothing to do: the sampler reads the live module."""
+
+
 class GRPOStep:
     """One rollout step on a worker (`Trainer` passes itself: engine, device, prompts, ...)."""
 
@@ -156,7 +189,13 @@ class GRPOStep:
             seed=self.cfg.seed,
             kv_reuse=True,
         )
-        self.sampler = HFSampler(view, settings)
+        self.rollouts: Rollouts
+        if self.g.rollout == "vllm":
+            from ttpa_ray.train.vllm_rollouts import VLLMRollouts
+
+            self.rollouts = VLLMRollouts.for_trainer(trainer, self.eos)
+        else:
+            self.rollouts = HFRollouts(HFSampler(view, settings))
 
     # -- rollouts ----------------------------------------------------------------------------
 
@@ -171,10 +210,13 @@ class GRPOStep:
         t0 = time.perf_counter()
         rows: list[Rollout] = []
         rewards, forwarded, zero_var = [], 0, 0
-        for p in prompts:
-            seqs, _, fwd = self.sampler.group(
-                p.prompt_ids, self.g.group_size, self.g.max_tokens, f"{step}:{p.id}"
-            )
+        groups = self.rollouts.groups(
+            [p.prompt_ids for p in prompts],
+            self.g.group_size,
+            self.g.max_tokens,
+            [f"{step}:{p.id}" for p in prompts],
+        )
+        for p, (seqs, _, fwd) in zip(prompts, groups, strict=True):
             forwarded += fwd
             group = [
                 score_completion(
@@ -274,6 +316,9 @@ class GRPOStep:
     def step(self, step: int) -> dict[str, float]:
         """Rollout step `step` (0-based): one rollout batch, `epochs_per_batch` updates.
         Update metrics are the last pass's; `tokens` counts every pass's trained tokens."""
+        # The weights after `step` rollout steps (also right after a resume: the engines of
+        # `rollout: vllm` start from the model dir, not the checkpoint).
+        self.rollouts.sync(step, self.t.engine.module)
         rows, metrics = self.rollout(step)
         tokens = 0
         for epoch in range(self.g.epochs_per_batch):

@@ -332,6 +332,10 @@ def run_training(
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
     cfg = resolve_lora(cfg, model_dir)
+    if mode == "grpo" and cfg.grpo.rollout == "vllm":
+        from ttpa_ray.train.vllm_rollouts import require_vllm_rollouts
+
+        require_vllm_rollouts()  # here, not in a worker after the cluster has started
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"the tokenizer in {model_dir} has no chat template")
