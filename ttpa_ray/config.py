@@ -449,7 +449,9 @@ class GRPOConfig(Strict):
         0.2, gt=0.0, description="PPO clip range of the probability ratio: [1-eps, 1+eps]"
     )
     epochs_per_batch: int = Field(1, gt=0, description="optimizer passes over one rollout batch")
-    temperature: float = Field(1.0, gt=0.0, description="rollout sampling temperature")
+    temperature: float = Field(
+        1.0, gt=0.0, le=2.0, description="rollout sampling temperature (as sample's, ≤ 2)"
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="rollout nucleus sampling")
     max_tokens: int = Field(64, gt=0, description="new tokens per completion, at most")
     reward: Literal["esm", "exact", "weighted"] = Field(

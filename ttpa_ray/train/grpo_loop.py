@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ttpa_ray.config import SampleConfig, TrainConfig
+from ttpa_ray.config import SampleConfig, TrainConfig, apply_overrides
 from ttpa_ray.schema.records import QuarantineRecord
 from ttpa_ray.schema.turns import Turn
 from ttpa_ray.train.data import _pad, fitted_turns, turn_prompt_ids
@@ -98,13 +98,12 @@ def engine_config(cfg: TrainConfig) -> TrainConfig:
     (`epochs_per_batch` per rollout step)."""
     g = cfg.grpo
     rows = g.prompts_per_step * g.group_size
-    return cfg.model_copy(
-        update={
-            "grad_accum": math.ceil(rows / cfg.micro_batch_size),
-            "max_steps": cfg.max_steps * g.epochs_per_batch,
-            "warmup_steps": cfg.warmup_steps * g.epochs_per_batch,
-        }
-    )
+    updates = {
+        "grad_accum": math.ceil(rows / cfg.micro_batch_size),
+        "max_steps": cfg.max_steps * g.epochs_per_batch,
+        "warmup_steps": cfg.warmup_steps * g.epochs_per_batch,
+    }
+    return apply_overrides(cfg, updates, "train")
 
 
 def frozen_copy(model: Any, device: torch.device) -> Any:
