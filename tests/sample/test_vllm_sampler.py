@@ -84,13 +84,7 @@ def test_processor_config_from_the_sample_config():
         vs.vllm_config(SampleConfig(engine="vllm"))
 
 
-def test_without_vllm_the_default_processor_says_how_to_install(model_dir):
-    try:
-        import vllm  # noqa: F401
-
-        pytest.skip("vLLM is installed here")
-    except ImportError:
-        pass
+def test_without_vllm_the_default_processor_says_how_to_install(model_dir, no_vllm):
     with pytest.raises(ImportError, match=r"pip install 'ttpa-ray\[gpu\]'"):
         vs.vllm_sample(None, config(model_dir))
 

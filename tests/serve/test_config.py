@@ -72,7 +72,7 @@ def test_cli_overrides_and_bad_values(tmp_path):
     assert main(["serve"]) == 2  # no model
 
 
-def test_llm_config_kwargs(tmp_path):
+def test_llm_config_kwargs(tmp_path, no_vllm):
     root = tmp_path / "adapters"
     for name in ("dpo", "ttpa"):
         (root / name).mkdir(parents=True)
@@ -132,3 +132,27 @@ def test_one_resolution_of_the_served_model_for_the_cli_and_jobs():
     assert serve_settings(ServeConfig()).model is None  # the caller says what is missing
     with pytest.raises(ValueError, match="adapter name 'a:b'"):
         serve_settings(base, lora=["a:b=/x"])
+
+
+def test_llm_config_kwargs_on_cpu_ask_for_cpu_bundles():
+    cfg = ServeConfig(
+        backend="vllm", model="/models/base", vllm_device="cpu", vllm_cpus=0.5, cpu_kv_cache_gib=2
+    )
+    kw = llm_config_kwargs(cfg)
+    assert kw["placement_group_config"] == {"bundle_per_worker": {"CPU": 0.5}}
+    assert kw["accelerator_type"] is None
+    assert kw["engine_kwargs"]["kv_cache_memory_bytes"] == 2 * 2**30
+    assert kw["engine_kwargs"]["enforce_eager"] is True
+    gpu = llm_config_kwargs(cfg.model_copy(update={"vllm_device": "cuda"}))
+    assert (
+        "placement_group_config" not in gpu and "kv_cache_memory_bytes" not in gpu["engine_kwargs"]
+    )
+
+
+@pytest.mark.vllm
+def test_ray_serve_llm_reads_cpu_bundles_as_a_cpu_deployment():
+    from ray.serve.llm import LLMConfig
+
+    cfg = ServeConfig(backend="vllm", model="/models/base", vllm_device="cpu")
+    llm = LLMConfig(**llm_config_kwargs(cfg))
+    assert llm.accelerator_config.kind == "cpu"

@@ -12,15 +12,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ttpa_ray.config import SampleConfig, TinyShape, TrainConfig
-from ttpa_ray.construct.schema_teacher import build_episode
+from ttpa_ray.config import SampleConfig, TrainConfig
 from ttpa_ray.engines.base import eos_ids
 from ttpa_ray.sample.hf_sampler import HFSampler, PolicyView
-from ttpa_ray.schema.io import read_rows, write_rows
-from ttpa_ray.schema.records import EPISODE_SCHEMA
+from ttpa_ray.schema.io import read_rows
 from ttpa_ray.tools.catalog import load_builtin
 from ttpa_ray.train.grpo_loop import grpo_prompts
-from ttpa_ray.train.tiny import catalog_texts, create_tiny_model_dir
 from ttpa_ray.train.trainer import run_training
 
 TOOLS = load_builtin().tools
@@ -28,19 +25,8 @@ EPISODES = 8
 
 
 @pytest.fixture(scope="module")
-def compact_model(tmp_path_factory) -> Path:
-    """The tiny model with the compact template (a third of the prompt tokens)."""
-    texts = catalog_texts([t.to_openai() for t in TOOLS], examples_per_tool=1)
-    out = tmp_path_factory.mktemp("grpo-tiny") / "tiny"
-    return create_tiny_model_dir(texts, out, TinyShape(template="compact"))
-
-
-@pytest.fixture(scope="module")
-def episodes(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("grpo-eps") / "train.parquet"
-    rows = [build_episode(s, TOOLS).to_row() for s in range(EPISODES)]
-    write_rows(path, rows, EPISODE_SCHEMA)
-    return path
+def episodes(sft_episodes) -> Path:
+    return sft_episodes  # tests/conftest.py: the turns `sft_policy` was trained on
 
 
 def cfg(**kw: Any) -> TrainConfig:
@@ -58,25 +44,6 @@ def cfg(**kw: Any) -> TrainConfig:
 
 def metrics(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def sft_policy(ray_local, tmp_path_factory, compact_model, episodes) -> Path:
-    """A policy that emits calls, sometimes right: SFT on the same turns, stopped early
-    (at temperature 1 its completions differ, so groups have reward variance)."""
-    out = tmp_path_factory.mktemp("grpo-sft")
-    settings = cfg(
-        micro_batch_size=4,
-        packing=False,  # 4 turns a step: a less sharp policy than packed rows give
-        max_steps=300,
-        lr=6e-3,
-        min_lr_ratio=1.0,
-        warmup_steps=0,
-        checkpoint_every=300,
-        final_answers=0.0,
-    )
-    run_training("sft", settings, episodes, compact_model, out)
-    return out / "model"
 
 
 def grpo_cfg(**kw: Any) -> TrainConfig:

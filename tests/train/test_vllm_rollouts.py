@@ -4,7 +4,6 @@ order, weight versions), plus the install hint when vLLM is missing."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,6 @@ import torch
 from ttpa_ray.config import GRPOConfig, SampleConfig, TrainConfig
 from ttpa_ray.train import vllm_rollouts as vr
 from ttpa_ray.train.grpo_loop import HFRollouts
-
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
 def train(**grpo: Any) -> dict[str, Any]:
@@ -74,8 +71,7 @@ def test_engine_args_share_the_vllm_adapter_and_add_lora_slots():
     assert "enable_lora" not in vr.engine_args(full)
 
 
-@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed")
-def test_without_vllm_the_engines_say_how_to_install():
+def test_without_vllm_the_engines_say_how_to_install(no_vllm):
     cfg = TrainConfig.model_validate(train(rollout="vllm"))
     with pytest.raises(ImportError, match="pip install vllm"):
         vr.start_engines(cfg, "model", "run")  # before any actor (no Ray needed)

