@@ -17,6 +17,7 @@ import yaml
 
 from ttpa_ray.cluster.fake import FakeAutoscalingCluster
 from ttpa_ray.cluster.head import LocalHead, free_ports, ray_bin
+from ttpa_ray.report import build_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,9 +91,11 @@ IDLE_S = 10.0
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_pipeline_job_autoscales_a_worker_for_tps(tmp_path):
-    """The reduced pipeline as a job on an autoscaling head: TPS's sampler actors need a
-    `tps_worker` resource only the (min 0) worker group has, so the autoscaler adds a node
-    for that stage and removes it once idle; the driver's timeline and the report show it."""
+    """The reduced pipeline as a job on an autoscaling head, through TPS: the sampler actors
+    need a `tps_worker` resource only the (min 0) worker group has, so the autoscaler adds
+    a node for that stage and removes it once idle; the driver's timeline and the report
+    show it. (The stages after TPS run no differently on this cluster; the report is built
+    from the partial run.)"""
     cfg = yaml.safe_load((REPO / "tests" / "pipeline" / "reduced.yaml").read_text())
     cfg["sample"]["resources"] = {"tps_worker": 1}
     # training pinned to the head (a custom resource only it has): once TPS is done the
@@ -118,6 +121,8 @@ def test_pipeline_job_autoscales_a_worker_for_tps(tmp_path):
             str(config),
             "--run-dir",
             str(run),
+            "--until",
+            "sample",
             "--no-progress",
         )
         state = wait(cluster, job, timeout_s=780)
@@ -127,9 +132,9 @@ def test_pipeline_job_autoscales_a_worker_for_tps(tmp_path):
         cluster.wait_for_nodes(1, timeout_s=60)  # the worker is gone again
 
     stages = {s["name"]: s for s in json.loads((run / "pipeline.json").read_text())["stages"]}
-    assert len(stages) == 8 and all(s["status"] == "done" for s in stages.values()), stages
-    for rel in ("sample/pairs.parquet", "ttpa/model/config.json", "eval/summary.json"):
-        assert (run / rel).is_file(), rel
+    assert list(stages) == ["construct", "model", "sft", "sample"], stages
+    assert all(s["status"] == "done" for s in stages.values()), stages
+    assert (run / "sample" / "pairs.parquet").is_file()
     samples = [json.loads(x) for x in (run / "cluster" / "nodes.jsonl").read_text().splitlines()]
     by_stage: dict[str, list[int]] = {}
     for s in samples:
@@ -140,7 +145,7 @@ def test_pipeline_job_autoscales_a_worker_for_tps(tmp_path):
     last_tps = max(s["t"] for s in samples if s["stage"] == "sample")
     after = [s["nodes"] for s in samples if s["t"] > last_tps]
     assert after and after[-1] == 1 and min(after) == 1, after
-    report = (run / "report" / "index.html").read_text()
+    report = build_report(run).read_text()
     section = report.split('<section id="cluster">')[1].split("</section>")[0]
     assert "between 1 and 2" in section and "<img" in section
 

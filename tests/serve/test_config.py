@@ -73,14 +73,12 @@ def test_cli_overrides_and_bad_values(tmp_path):
 
 
 def test_llm_config_kwargs(tmp_path, no_vllm):
-    root = tmp_path / "adapters"
-    for name in ("dpo", "ttpa"):
-        (root / name).mkdir(parents=True)
+    root = "s3://bucket/run/adapters"
     cfg = ServeConfig(
         backend="vllm",
         model="/models/base",
         model_id="base",
-        adapters={"dpo": str(root / "dpo"), "ttpa": str(root / "ttpa")},
+        adapters={"dpo": f"{root}/dpo", "ttpa": f"{root}/ttpa/"},
         tensor_parallel_size=2,
         accelerator_type="H100",
         max_replicas=3,
@@ -90,12 +88,19 @@ def test_llm_config_kwargs(tmp_path, no_vllm):
     eng = kw["engine_kwargs"]
     assert eng["tool_call_parser"] == "hermes" and eng["enable_auto_tool_choice"] is True
     assert eng["tensor_parallel_size"] == 2 and eng["enable_lora"] is True
-    assert kw["lora_config"]["dynamic_lora_loading_path"] == str(root.resolve())
+    assert kw["lora_config"]["dynamic_lora_loading_path"] == root
     assert kw["deployment_config"]["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3}
     assert kw["accelerator_type"] == "H100"
     # adapters not under one root by their names cannot be loaded by vLLM by id
-    with pytest.raises(ValueError, match="one directory"):
-        llm_config_kwargs(cfg.model_copy(update={"adapters": {"other": str(root / "dpo")}}))
+    with pytest.raises(ValueError, match="one prefix by name"):
+        llm_config_kwargs(cfg.model_copy(update={"adapters": {"other": f"{root}/dpo"}}))
+    with pytest.raises(ValueError, match="one prefix by name"):
+        two_roots = {"dpo": f"{root}/dpo", "ttpa": "gs://other/ttpa"}
+        llm_config_kwargs(cfg.model_copy(update={"adapters": two_roots}))
+    # Ray 2.60's LoraConfig asserts a remote prefix: a local adapter is refused up front
+    local = {"dpo": str(tmp_path / "adapters" / "dpo")}
+    with pytest.raises(ValueError, match=r"only from s3://, gs:// or Azure storage"):
+        llm_config_kwargs(cfg.model_copy(update={"adapters": local}))
     with pytest.raises(ImportError, match=r"ttpa-ray\[gpu\]"):
         build_vllm_app(cfg)
     assert "vLLM" in SERVE_LLM_MISSING
@@ -150,9 +155,29 @@ def test_llm_config_kwargs_on_cpu_ask_for_cpu_bundles():
 
 
 @pytest.mark.vllm
-def test_ray_serve_llm_reads_cpu_bundles_as_a_cpu_deployment():
+def test_ray_serve_llm_reads_cpu_bundles_as_a_cpu_deployment_and_wants_remote_adapters():
     from ray.serve.llm import LLMConfig
 
     cfg = ServeConfig(backend="vllm", model="/models/base", vllm_device="cpu")
     llm = LLMConfig(**llm_config_kwargs(cfg))
     assert llm.accelerator_config.kind == "cpu"
+    with_lora = ServeConfig(
+        backend="vllm", model="/models/base", vllm_device="cpu", adapters={"a": "s3://b/x/a"}
+    )
+    assert LLMConfig(**llm_config_kwargs(with_lora)).lora_config.dynamic_lora_loading_path == (
+        "s3://b/x"
+    )
+    # why lora_root refuses local adapters: Ray's own validation does
+    kwargs = llm_config_kwargs(cfg)
+    kwargs["lora_config"] = {"dynamic_lora_loading_path": "/local/adapters"}
+    with pytest.raises(ValueError, match="Invalid lora_config"):
+        LLMConfig(**kwargs)
+
+
+def test_the_vllm_ingress_takes_the_configured_cpus():
+    from ttpa_ray.serve.llm_config import ingress_options
+
+    cfg = ServeConfig(backend="vllm", model="/m", num_cpus=0.25, resources={"pool": 1})
+    assert ingress_options(cfg) == {
+        "ray_actor_options": {"num_cpus": 0.25, "resources": {"pool": 1}}
+    }

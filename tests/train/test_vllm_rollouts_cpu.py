@@ -23,8 +23,8 @@ def test_grpo_rollouts_on_a_cpu_vllm_engine_with_full_weight_sync(
 ):
     out = tmp_path / "grpo-vllm"
     settings = grpo_cfg(
-        max_steps=3,
-        checkpoint_every=3,
+        max_steps=2,
+        checkpoint_every=2,
         grpo={
             "prompts_per_step": 2,
             "rollout": "vllm",
@@ -38,7 +38,7 @@ def test_grpo_rollouts_on_a_cpu_vllm_engine_with_full_weight_sync(
     )
     run_training("grpo", settings, sft_episodes, sft_policy, out)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2]  # step 2 sampled from the synced weights
     for r in rows:
         assert r["rollout_tokens"] > 0 and 0 <= r["reward"] <= 1
         assert 0 <= r["parse_rate"] <= 1

@@ -171,13 +171,21 @@ def engine_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
         "dtype": cfg.dtype,
     }
     if cfg.on_cpu:
-        out.update(cpu_engine_kwargs(cfg.cpu_kv_cache_gib))
+        out.update(cpu_engine_kwargs(cfg.cpu_kv_cache_gib, cfg.max_model_len))
     return out
 
 
-def cpu_engine_kwargs(kv_cache_gib: float) -> dict[str, Any]:
-    """Engine fields of a CPU engine (module docstring)."""
-    return {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30), "enforce_eager": True}
+def cpu_engine_kwargs(kv_cache_gib: float, max_model_len: int) -> dict[str, Any]:
+    """Engine fields of a CPU engine (module docstring). No chunked prefill: when a seeded
+    request's prompt is split across steps, vLLM 0.29 rewinds its sampling generator
+    (`Generator.set_offset`), which a CPU generator does not have, and the engine dies
+    ("CPU Generator does not use offset"); whole prompts per step avoid the rewind."""
+    return {
+        "kv_cache_memory_bytes": int(kv_cache_gib * 2**30),
+        "enforce_eager": True,
+        "enable_chunked_prefill": False,
+        "max_num_batched_tokens": max_model_len,
+    }
 
 
 def cpu_runtime_env() -> dict[str, Any]:

@@ -6,12 +6,12 @@
 `hermes` parser (our chat template's `<tool_call>` format). LoRA adapters are loaded by
 Ray Serve LLM from `dynamic_lora_loading_path/<name>` when a request names the model
 `<model_id>:<name>` — the same ids our `hf` backend serves — so every adapter must sit
-in one parent directory under its own name.
+under one storage prefix by its own name; Ray 2.60 accepts only s3://, gs:// and Azure
+prefixes there (local adapters: backend hf, or merged weights).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ttpa_ray.config import ServeConfig
@@ -28,15 +28,29 @@ SERVE_LLM_MISSING = (
 )
 
 
+# What ray.serve.llm 2.60's `LoraConfig.dynamic_lora_loading_path` accepts (it asserts one).
+LORA_STORAGE = ("s3://", "gs://", "abfss://", "azure://")
+
+
 def lora_root(adapters: dict[str, str]) -> str | None:
-    """The one directory holding every adapter as `<root>/<name>`; ValueError otherwise."""
+    """The one storage prefix holding every adapter as `<root>/<name>`; ValueError
+    otherwise, and for local paths, which ray.serve.llm 2.60 cannot load adapters from."""
     if not adapters:
         return None
-    parents = {str(Path(p).resolve().parent) for p in adapters.values()}
-    misnamed = [n for n, p in adapters.items() if Path(p).name != n]
+    local = {n: p for n, p in adapters.items() if not str(p).startswith(LORA_STORAGE)}
+    if local:
+        raise ValueError(
+            "backend vllm: ray.serve.llm (Ray 2.60) loads LoRA adapters only from s3://, gs:// "
+            f"or Azure storage, not local paths (got {local}): put them under one prefix as "
+            "<prefix>/<name>, merge them into the model (train.export: merged), or serve them "
+            "with backend hf"
+        )
+    split = {n: str(p).rstrip("/").rsplit("/", 1) for n, p in adapters.items()}
+    parents = {parent for parent, _ in split.values()}
+    misnamed = [n for n, (_, leaf) in split.items() if leaf != n]
     if len(parents) != 1 or misnamed:
         raise ValueError(
-            "backend vllm loads adapters from one directory by name: put each adapter at "
+            "backend vllm loads adapters from one prefix by name: put each adapter at "
             f"<root>/<name> (got {adapters})"
         )
     return parents.pop()
@@ -56,7 +70,7 @@ def llm_config_kwargs(cfg: ServeConfig) -> dict[str, Any]:
     }
     on_cpu = resolve_device(cfg.vllm_device, cfg.accelerator_type) == "cpu"
     if on_cpu:
-        engine.update(cpu_engine_kwargs(cfg.cpu_kv_cache_gib))
+        engine.update(cpu_engine_kwargs(cfg.cpu_kv_cache_gib, cfg.max_model_len))
     kwargs: dict[str, Any] = {
         "model_loading_config": {"model_id": cfg.resolved_model_id(), "model_source": cfg.model},
         "engine_kwargs": engine,
@@ -97,4 +111,13 @@ def build_vllm_app(cfg: ServeConfig) -> Any:
         llm_config = LLMConfig(**kwargs)
     except ImportError as exc:
         raise ImportError(SERVE_LLM_MISSING) from exc
-    return build_openai_app({"llm_configs": [llm_config]})
+    return build_openai_app(
+        {"llm_configs": [llm_config], "ingress_deployment_config": ingress_options(cfg)}
+    )
+
+
+def ingress_options(cfg: ServeConfig) -> dict[str, Any]:
+    """The OpenAI ingress replica (a router in front of the engine replicas) asks for
+    `num_cpus`: Serve's default of one CPU left it unschedulable beside a CPU engine on a
+    2-CPU node."""
+    return {"ray_actor_options": {"num_cpus": cfg.num_cpus, "resources": dict(cfg.resources)}}

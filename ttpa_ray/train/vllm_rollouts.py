@@ -94,10 +94,18 @@ class LoadWeights:
     """vLLM worker extension (`worker_extension_cls`): `collective_rpc("ttpa_load_weights")`
     runs this on every worker of an engine, with `self` the vLLM worker."""
 
-    def ttpa_load_weights(self, state: dict[str, Any]) -> None:
-        # HF names, as vLLM's own loader reads them from safetensors: `load_weights` maps
-        # them (fused qkv/gate_up, tied lm_head) onto the engine's parameters.
-        self.model_runner.model.load_weights(weights=list(state.items()))  # type: ignore[attr-defined]
+    def ttpa_load_weights(self, data: bytes) -> None:
+        import io
+
+        import torch
+
+        state = torch.load(io.BytesIO(data), weights_only=True)
+        # HF names, as vLLM's own loader reads them from safetensors. `reload_weights` maps
+        # them (fused qkv/gate_up, tied lm_head) onto the engine's parameters and redoes the
+        # post-load processing; a bare `model.load_weights` fails once that processing has
+        # replaced the parameters (vLLM 0.29 on CPU: "'Parameter' object has no attribute
+        # 'weight_loader'").
+        self.model_runner.reload_weights(weights_iterator=list(state.items()))  # type: ignore[attr-defined]
 
 
 class RolloutEngine:
@@ -128,7 +136,16 @@ class RolloutEngine:
         self.version = version
 
     def load_weights(self, version: int, state: dict[str, Any]) -> None:
-        self.llm.collective_rpc("ttpa_load_weights", args=(state,))
+        import io
+
+        import torch
+
+        # As bytes: vLLM's executor serializes an RPC's arguments with msgpack, which turns
+        # tensors into nested lists (vLLM 0.29 on CPU: "'list' object has no attribute
+        # 'shape'"); torch.save keeps dtypes, shapes and the tied lm_head.
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.llm.collective_rpc("ttpa_load_weights", args=(buf.getvalue(),))
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
         self.version = version
 
