@@ -40,8 +40,9 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ttpa-ray demo --config configs/tiny-cpu.yaml --out runs/demo
 
+# Two pytest-xdist workers (tests/conftest.py keeps the sft_policy and vLLM tests on one).
 test: $(STAMP)
-	$(PY) -m pytest tests --durations=25
+	$(PY) -m pytest tests -n 2 --dist loadgroup --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not e2e"

