@@ -419,7 +419,7 @@ GRPO_WEIGHT_PARTS = ("name", "required", "key", "type", "value")  # ESM's compon
 
 
 class GRPOVLLMConfig(VLLMEngineFields):
-    """The vLLM rollout engines of `grpo.rollout: vllm` (GPU): `concurrency` Ray actors,
+    """The vLLM rollout engines of `grpo.rollout: vllm` (GPU, or CPU with `vllm_device: cpu`): `concurrency` Ray actors,
     each one vLLM engine, shared by every training worker. Nested, not flat: `concurrency`,
     `max_model_len`, ... describe the engines, not GRPO, and `grpo` already has its own
     `temperature`/`top_p`/`max_tokens` (which the engines sample with)."""
@@ -487,7 +487,8 @@ class GRPOConfig(Strict):
     rollout: Literal["hf", "vllm"] = Field(
         "hf",
         description="hf: the live policy generates in each training worker (CPU or GPU); "
-        "vllm: `vllm.concurrency` vLLM engine actors (GPU), weights synced every step",
+        "vllm: `vllm.concurrency` vLLM engine actors (GPU, or CPU with `vllm.vllm_device`), "
+        "weights synced every step",
     )
     weight_sync: Literal["lora", "full"] = Field(
         "lora",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lora_adapters import make_adapter
+import torch
 
 from ttpa_ray.cluster.head import free_ports
 from ttpa_ray.tools.catalog import load_builtin
@@ -18,6 +18,22 @@ TOOLS = [t.to_openai() for t in load_builtin().tools]
 @pytest.fixture(scope="session")
 def serve_model_dir(tiny_model) -> Path:
     return tiny_model
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (not zero) weights, so it changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        cfg = LoraConfig(
+            r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        )
+        model = get_peft_model(base, cfg)
+    model.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,8 @@ from typing import Any
 
 from ttpa_ray.config import ServeConfig
 from ttpa_ray.engines.vllm_engine import (
+    cpu_deployment,
     cpu_engine_kwargs,
-    cpu_placement,
-    cpu_runtime_env,
     resolve_device,
 )
 
@@ -75,14 +74,7 @@ def llm_config_kwargs(cfg: ServeConfig) -> dict[str, Any]:
         "model_loading_config": {"model_id": cfg.resolved_model_id(), "model_source": cfg.model},
         "engine_kwargs": engine,
         # CPU bundles make Ray Serve LLM pick its CPU accelerator config (no GPU asked)
-        **(
-            {
-                "placement_group_config": cpu_placement(cfg.vllm_cpus),
-                "runtime_env": cpu_runtime_env(),
-            }
-            if on_cpu
-            else {}
-        ),
+        **(cpu_deployment(cfg.vllm_cpus) if on_cpu else {}),
         "accelerator_type": None if on_cpu else cfg.accelerator_type,
         "deployment_config": {
             "autoscaling_config": {
