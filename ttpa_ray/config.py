@@ -551,6 +551,11 @@ class TrainConfig(Strict):
     clip: float = Field(1.0, gt=0.0, description="gradient norm clipping")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage")
     bf16: bool | None = Field(None, description="None: bf16 on GPU, fp32 on CPU")
+    cpu_shm_comm: bool = Field(
+        False,
+        description="CPU workers: DeepSpeed's shared-memory allreduce (a C++ op JIT-compiled "
+        "into ~/.cache/torch_extensions at first start; needs a compiler). Off: gloo's",
+    )
     workers: int = Field(1, gt=0, description="Ray Train workers")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)

@@ -43,3 +43,25 @@ def test_batches_are_a_function_of_the_index():
 
 def test_matmul_flops_is_positive():
     assert measure_matmul_flops(64, seconds=0.05) > 1e6
+
+
+def test_cpu_workers_skip_deepspeeds_jit_compiled_shm_op_unless_asked(monkeypatch):
+    """Off (the default), DeepSpeed's CPU backend never JIT-compiles its shared-memory op:
+    no compiler run, no lock file in ~/.cache/torch_extensions to hang on."""
+    import importlib
+
+    import deepspeed.ops
+
+    from ttpa_ray.config import TrainConfig
+    from ttpa_ray.train.ds import use_cpu_shm_comm
+
+    assert TrainConfig().cpu_shm_comm is False
+    table = dict(deepspeed.ops.__compatible_ops__)
+    monkeypatch.setattr(deepspeed.ops, "__compatible_ops__", table)
+    use_cpu_shm_comm(False)
+    assert table["deepspeed_shm_comm"] is False
+    # (`import deepspeed.comm.torch as m` would give torch: the package re-exports it)
+    assert importlib.import_module("deepspeed.comm.torch").build_shm_op() is None  # returns before any compile
+    table["deepspeed_shm_comm"] = True
+    use_cpu_shm_comm(True)  # on: left as DeepSpeed probed it
+    assert table["deepspeed_shm_comm"] is True

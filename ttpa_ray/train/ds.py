@@ -54,6 +54,23 @@ def deepspeed_config(cfg: TrainConfig, on_gpu: bool) -> dict[str, Any]:
     }
 
 
+def use_cpu_shm_comm(enabled: bool) -> None:
+    """Whether DeepSpeed's CPU comm backend loads its shared-memory allreduce op.
+
+    DeepSpeed builds that op (`deepspeed_shm_comm`) with torch's JIT extension loader at
+    every `init_distributed` on CPU: ~40 s with a compiler on a fresh machine, and a
+    compile killed midway (a stopped job, a test timeout) leaves a lock file behind on
+    which every later start on that machine waits forever. Off, DeepSpeed's torch backend
+    uses gloo's allreduce (what Ray Train set up). DeepSpeed consults its per-process
+    table of compatible ops before building; marking the op incompatible is the switch.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = (
+        enabled and deepspeed.ops.__compatible_ops__.get("deepspeed_shm_comm", False)
+    )
+
+
 def measure_matmul_flops(n: int, device: Any = "cpu", seconds: float = 0.3) -> float:
     """FLOP/s of `torch.mm` on `[n, n] x [n, n]` float32 (bf16 on CUDA): the MFU denominator."""
     import torch

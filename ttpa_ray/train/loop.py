@@ -73,7 +73,7 @@ class Trainer:
             model = lora_model(model, self.cfg)
         self.n_params = _count_params(model)
         from ttpa_ray.train import grpo_loop
-        from ttpa_ray.train.ds import deepspeed_config, measure_matmul_flops
+        from ttpa_ray.train.ds import deepspeed_config, measure_matmul_flops, use_cpu_shm_comm
 
         grpo = c["mode"] == "grpo"
         # GRPO's KL reference without LoRA: the starting weights, copied before training
@@ -82,6 +82,8 @@ class Trainer:
             if grpo and not self.cfg.lora.enabled
             else None
         )
+        if not self.on_gpu:
+            use_cpu_shm_comm(self.cfg.cpu_shm_comm)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
