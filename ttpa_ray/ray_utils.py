@@ -155,10 +155,16 @@ def _route_worker_output() -> None:
         prefix = f"({who} pid={data.get('pid')}) " if who else f"(pid={data.get('pid')}) "
         # worker-side Ray progress bars arrive as state updates: nothing to read in a file
         lines = [ln for ln in data.get("lines", []) if _TQDM_MAGIC not in ln]
-        handler = _route["handler"]
-        with handler.lock:
-            handler.stream.write("".join(f"{prefix}{ln}\n" for ln in lines))
-            handler.stream.flush()
+        text = "".join(f"{prefix}{ln}\n" for ln in lines)
+        for _ in range(3):
+            handler = _route["handler"]
+            with handler.lock:
+                # None: `quiet_ray` routed to a newer file and closed this one since the
+                # lookup (a benchmark's next run); that newer handler takes the lines
+                if handler.stream is not None:
+                    handler.stream.write(text)
+                    handler.stream.flush()
+                    return
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", to_file)

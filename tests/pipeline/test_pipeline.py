@@ -1,5 +1,6 @@
-"""Pipeline resume: a run killed during TPS finishes on re-run without recomputing the
-stages before it; `--from` re-runs a stage; bad stage names are clear errors."""
+"""Pipeline resume: a run killed during TPS finishes on re-run — on another driver, from
+its URI run dir — without recomputing the stages before it; `--from` re-runs a stage; bad
+stage names are clear errors."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def state(run: Path) -> dict:
     return {s["name"]: s for s in data["stages"]}
 
 
-def cli(run: Path, *extra: str) -> list[str]:
+def cli(run: Path | str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -43,12 +44,24 @@ def cli(run: Path, *extra: str) -> list[str]:
     ]
 
 
+def mirror_of(cache: Path) -> Path:
+    """A driver's local mirror of the URI run dir (under its `TTPA_CACHE_DIR`)."""
+    return next((cache / "runs").iterdir())
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_killed_during_tps_resumes_without_recomputing(tmp_path):
-    run = tmp_path / "run"
+def test_killed_during_tps_resumes_on_another_driver_without_recomputing(tmp_path):
+    """One run covers both resume paths (one pipeline run fewer in CI): the run dir is a
+    URI (file:// here; s3:// and gs:// go through the same pyarrow code), driver A is
+    killed during TPS, and driver B, with an empty local mirror, resumes from the URI
+    without recomputing the stages A finished and pushed."""
+    bucket = tmp_path / "bucket" / "run"
+    uri = f"file://{bucket}"
+    cache_a, cache_b = tmp_path / "driver-a", tmp_path / "driver-b"
     proc = subprocess.Popen(
-        cli(run, "--until", "sample"),
+        cli(uri, "--until", "sample"),
+        env={**os.environ, "TTPA_CACHE_DIR": str(cache_a)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -56,49 +69,67 @@ def test_killed_during_tps_resumes_without_recomputing(tmp_path):
     try:
         deadline = time.time() + 600
         while time.time() < deadline:
-            if (run / "pipeline.json").exists() and state(run).get("sample", {}).get(
+            # SFT's push is the last thing before TPS (the mirror's pipeline.json is no
+            # signal: TPS's pull of its inputs brings the URI's over it)
+            if (bucket / "pipeline.json").exists() and state(bucket).get("sft", {}).get(
                 "status"
-            ) == "running":
+            ) == "done":
                 break
             assert proc.poll() is None, "the pipeline ended before TPS started"
             time.sleep(0.5)
         else:
             pytest.fail("TPS never started")
-        time.sleep(3)  # inside the sample stage
+        time.sleep(3)  # inside the sample stage (~10 s alone on 2 cores)
         os.killpg(proc.pid, signal.SIGKILL)  # the whole process group (Ray workers too)
-        proc.wait(timeout=60)
+        assert proc.wait(timeout=60) == -signal.SIGKILL  # killed, not finished
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    before = state(run)
-    assert before["sft"]["status"] == "done" and before["sample"]["status"] == "running"
-    sft_weights = digest(run / "sft" / "model" / "model.safetensors")
+    # what A pushed: every finished stage, Ray Train's checkpoints written to the URI itself
+    before = state(bucket)
+    assert before["sft"]["status"] == "done" and "sample" not in before  # killed in TPS
+    assert (bucket / "construct" / "episodes" / "train.parquet").is_file()
+    assert (bucket / "sft" / "model" / "config.json").is_file()
+    assert (bucket / "sft" / "metrics.jsonl").is_file()
+    assert list((bucket / "sft" / "ray").rglob("checkpoint_*"))
+    assert (bucket / "cluster" / "nodes.jsonl").is_file()
+    sft_weights = digest(bucket / "sft" / "model" / "model.safetensors")
 
+    env_b = {**os.environ, "TTPA_CACHE_DIR": str(cache_b)}
     done = subprocess.run(
-        cli(run, "--until", "sample"), capture_output=True, text=True, timeout=600
+        cli(uri, "--until", "sample"), env=env_b, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    after = state(run)
+    assert "[3/8] sft: up to date, skipped" in done.stdout
+    after = state(bucket)
     for name in ("construct", "model", "sft"):
         assert after[name]["status_this_run"] == "skipped", name
         assert after[name]["seconds"] == before[name]["seconds"]  # not recomputed
     assert after["sample"]["status"] == "done" and after["sample"]["status_this_run"] == "ran"
-    assert digest(run / "sft" / "model" / "model.safetensors") == sft_weights
+    assert digest(bucket / "sft" / "model" / "model.safetensors") == sft_weights
     assert "ttpa" not in after  # --until stopped there
-    pairs = build_response_pairs(run / "sample", run / "construct", load_config(REDUCED))
+    # B fetched only what TPS reads (construct, sft), never the base model, and the
+    # sampler actors loaded the policy from the URI through the per-node cache
+    mirror = mirror_of(cache_b)
+    assert (mirror / "sft" / "model").is_dir() and (mirror / "construct").is_dir()
+    assert not (mirror / "model").exists()
+    cached = [p for p in cache_b.glob("*-model") if (p / "config.json").exists()]
+    assert cached, sorted(p.name for p in cache_b.iterdir())
+    pairs = build_response_pairs(bucket / "sample", bucket / "construct", load_config(REDUCED))
     assert pairs and all(p["source"] == "response" and p["chosen_score"] == 1.0 for p in pairs)
     assert all(p["rejected_score"] < 1.0 for p in pairs)
     assert len({p["id"] for p in pairs}) == len(pairs)  # one per turn
 
     # --from re-runs that stage even though it is up to date
     again = subprocess.run(
-        cli(run, "--from", "sample", "--until", "sample"),
+        cli(uri, "--from", "sample", "--until", "sample"),
+        env=env_b,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    final = state(run)
+    final = state(bucket)
     assert (
         final["sample"]["status_this_run"] == "ran" and final["sft"]["status_this_run"] == "skipped"
     )
