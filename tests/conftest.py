@@ -98,14 +98,14 @@ def _train_sft_policy(out, compact_model, sft_episodes):
 
 
 @pytest.fixture(scope="session")
-def sft_policy(ray_local, tmp_path_factory, compact_model, sft_episodes, worker_id):
+def sft_policy(ray_local, tmp_path_factory, compact_model, sft_episodes):
     """A policy that emits calls, sometimes right (read-only): SFT of `compact_model` on
     `sft_episodes`' first tool-call turns, stopped early (at temperature 1 its completions
     differ, so GRPO groups have reward variance). ~90 s on 2 cores, paid once per run
     (GRPO's tests and the vLLM serving and pipeline tests use it): under pytest-xdist the
     first worker that needs it trains it into the run's shared temp root, under a file
     lock the other worker waits on, and both use that one."""
-    if worker_id == "master":  # not under xdist
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # not under xdist
         return _train_sft_policy(tmp_path_factory.mktemp("sft-policy"), compact_model, sft_episodes)
     import shutil
 
