@@ -44,11 +44,6 @@ def cli(run: Path | str, *extra: str) -> list[str]:
     ]
 
 
-def mirror_of(cache: Path) -> Path:
-    """A driver's local mirror of the URI run dir (under its `TTPA_CACHE_DIR`)."""
-    return next((cache / "runs").iterdir())
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_killed_during_tps_resumes_on_another_driver_without_recomputing(tmp_path):
@@ -110,7 +105,7 @@ def test_killed_during_tps_resumes_on_another_driver_without_recomputing(tmp_pat
     assert "ttpa" not in after  # --until stopped there
     # B fetched only what TPS reads (construct, sft), never the base model, and the
     # sampler actors loaded the policy from the URI through the per-node cache
-    mirror = mirror_of(cache_b)
+    mirror = next((cache_b / "runs").iterdir())  # B's local mirror of the URI run dir
     assert (mirror / "sft" / "model").is_dir() and (mirror / "construct").is_dir()
     assert not (mirror / "model").exists()
     cached = [p for p in cache_b.glob("*-model") if (p / "config.json").exists()]

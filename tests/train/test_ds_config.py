@@ -60,10 +60,10 @@ def test_cpu_workers_skip_deepspeeds_jit_compiled_shm_op_unless_asked(monkeypatc
     monkeypatch.setattr(deepspeed.ops, "__compatible_ops__", table)
     use_cpu_shm_comm(False)
     assert table["deepspeed_shm_comm"] is False
-    # (`import deepspeed.comm.torch as m` would give torch: the package re-exports it)
-    assert (
-        importlib.import_module("deepspeed.comm.torch").build_shm_op() is None
-    )  # returns before any compile
+    # returns before any compile (`import deepspeed.comm.torch as m` would give torch: the
+    # package re-exports it under that name)
+    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
+    assert ds_comm_torch.build_shm_op() is None
     table["deepspeed_shm_comm"] = True
     use_cpu_shm_comm(True)  # on: left as DeepSpeed probed it
     assert table["deepspeed_shm_comm"] is True
