@@ -271,6 +271,19 @@ def test_stage_jobs_bring_a_run_dir_up_to_date_through_their_stage(tmp_path):
     stage; `jobs.train --stage sft` then runs the stages SFT needs (model) and SFT."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     run = tmp_path / "run"
+    # the reduced pipeline, smaller still: this checks which stages each job runs, not
+    # what they learn
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "extends": str(REPO / "tests" / "pipeline" / "reduced.yaml"),
+                "construct": {"n_episodes": 20, "shard_size": 20},
+                "train": {"micro_batch_size": 2},
+                "pipeline": {"sft": {"max_steps": 2, "checkpoint_every": 2}},
+            }
+        )
+    )
 
     def job(*args: str) -> dict:
         out = subprocess.run(
@@ -279,7 +292,7 @@ def test_stage_jobs_bring_a_run_dir_up_to_date_through_their_stage(tmp_path):
                 "-m",
                 *args,
                 "--config",
-                "tests/pipeline/reduced.yaml",
+                str(config),
                 "--run-dir",
                 str(run),
                 "--no-progress",

@@ -26,10 +26,20 @@ REDUCED_VLLM = Path(__file__).resolve().parent / "reduced-vllm.yaml"
 
 
 @pytest.mark.timeout(1500)
-def test_pipeline_on_vllm_through_ttpa_and_eval(tmp_path, sft_policy):
+def test_pipeline_on_vllm_through_ttpa(tmp_path, sft_policy):
     config = tmp_path / "vllm.yaml"
     config.write_text(
-        yaml.safe_dump({"extends": str(REDUCED_VLLM), "pipeline": {"model": str(sft_policy)}})
+        yaml.safe_dump(
+            {
+                "extends": str(REDUCED_VLLM),
+                # SFT on top of a policy that is trained already: two steps keep the stage
+                # in the run (TPS reads its output) at a fraction of the reduced 8
+                "pipeline": {
+                    "model": str(sft_policy),
+                    "sft": {"max_steps": 2, "checkpoint_every": 2},
+                },
+            }
+        )
     )
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "ttpa_ray.cli", "pipeline", "--config", str(config)]

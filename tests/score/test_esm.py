@@ -400,7 +400,7 @@ tool_lists = st.one_of(st.lists(st.one_of(schemas, json_values), max_size=4), js
 
 
 @settings(
-    max_examples=10_000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    max_examples=2_500, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
 @given(pred=call_lists, gold=call_lists, tools=tool_lists)
 def test_fuzz_never_raises_and_stays_in_range(pred, gold, tools):

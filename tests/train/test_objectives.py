@@ -66,11 +66,12 @@ def test_sft_labels_cover_assistant_tokens_only(tokenizer):
 
 def test_sft_lowers_the_loss(model_dir, tokenizer):
     model = fresh_model(model_dir)
-    rows = [build_episode(s, TOOLS).to_row() for s in range(4)]
+    # three first turns, memorised: enough to fail on a broken loss, ~8 s on 2 cores
+    rows = [build_episode(s, TOOLS).to_row() for s in range(3)]
     examples = [
         e
         for r in rows
-        for e in sft_turn_examples(tokenizer, r, 2048, distractors=1, max_turns=2)[0]
+        for e in sft_turn_examples(tokenizer, r, 2048, distractors=1, max_turns=1)[0]
     ]
     batch = collate_sft(examples, tokenizer.pad_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -80,7 +81,7 @@ def test_sft_lowers_the_loss(model_dir, tokenizer):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert metrics["tokens"] > 100
+    assert metrics["tokens"] > 50
     assert loss.item() < 0.6 * first.item(), (first.item(), loss.item())
 
 
@@ -120,7 +121,7 @@ def test_pair_examples_share_tokens_before_the_branch(tokenizer):
 def test_dpo_learns_the_pairs_with_precomputed_reference(model_dir, tokenizer):
     model = fresh_model(model_dir)
     examples = precompute_reference(
-        copy.deepcopy(model), pairs(tokenizer, 16), tokenizer.pad_token_id
+        copy.deepcopy(model), pairs(tokenizer, 6), tokenizer.pad_token_id
     )
     batch = collate_pairs(examples, tokenizer.pad_token_id)
     settings = DPOConfig(loss_type="sigmoid", beta=0.5)
@@ -128,7 +129,7 @@ def test_dpo_learns_the_pairs_with_precomputed_reference(model_dir, tokenizer):
     # policy == reference at the start: every log-ratio is 0 and the loss is ln 2
     assert loss0.item() == pytest.approx(math.log(2), abs=1e-5)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(25):
+    for _ in range(15):
         loss, metrics = dpo_loss(model, batch, settings)
         opt.zero_grad()
         loss.backward()
